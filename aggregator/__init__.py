@@ -1,0 +1,1 @@
+"""FLOps aggregator: Flower SuperLink + ServerApp, strategies, MLflow tracking, checkpoints."""

@@ -1,0 +1,207 @@
+"""`flops-aggregator`: a SuperLink, one submitted run, followed to its end.
+
+It exits 0 only when the training completed. The SuperLink runs in this process's own
+process group, so whoever stops the aggregator's group stops Flower's processes with it.
+"""
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from aggregator.server_app import STATE_DIR_ENV, TRACKING_URI_ENV
+from flops.app_bundle import build_app_dir
+from flops.ml_repo.contract import ContractError, validate_repository
+from flops.net import free_port, wait_until
+from flops.processes import ManagedProcess
+from flops.progress import read_summary
+from flops.runtime_env import process_env
+from flops.training import TrainingSpec, TrainingSummary
+
+CONNECTION = "flops"
+STATUS_CHECK_INTERVAL_S = 10.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="flops-aggregator", description=__doc__)
+    parser.add_argument("--spec", required=True, type=Path, help="training spec (JSON)")
+    parser.add_argument("--repo", required=True, type=Path, help="the ML repository's folder")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1", help="SuperLink bind address")
+    parser.add_argument("--port", type=int, default=0, help="SuperLink port (0: a free one)")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking server; empty: none")
+    parser.add_argument("--ssl-certfile", type=Path)
+    parser.add_argument("--ssl-keyfile", type=Path)
+    parser.add_argument("--ssl-ca-certfile", type=Path)
+    parser.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
+    parser.add_argument("--timeout", type=float, default=24 * 3600, help="overall limit in seconds")
+    return parser.parse_args(argv)
+
+
+def flower_binary(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca_file.resolve()}"' if ca_file else "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n',
+        encoding="utf-8",
+    )
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def superlink_command(args: argparse.Namespace, port: int) -> list[str]:
+    command = [
+        flower_binary("flower-superlink"),
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+        "--database",
+        str(args.state_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    if args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile:
+        command += [
+            "--ssl-certfile",
+            str(args.ssl_certfile),
+            "--ssl-keyfile",
+            str(args.ssl_keyfile),
+            "--ssl-ca-certfile",
+            str(args.ssl_ca_certfile),
+        ]
+    elif args.insecure:
+        command.append("--insecure")
+    else:
+        raise SystemExit(
+            "flops-aggregator: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, or --insecure"
+        )
+    return command
+
+
+def flwr(home: Path, *arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [flower_binary("flwr"), *arguments],
+        env=process_env({"FLWR_HOME": str(home)}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def submit(home: Path, app_dir: Path) -> int:
+    result = flwr(home, "run", str(app_dir), CONNECTION, "--format", "json")
+    try:
+        answer = json.loads(result.stdout)
+        return int(answer["run-id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RuntimeError(
+            f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}"
+        ) from error
+
+
+def run_status(home: Path, run_id: int) -> str | None:
+    result = flwr(home, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+    try:
+        runs = json.loads(result.stdout).get("runs", [])
+        return str(runs[0]["status"]) if runs else None
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def follow(
+    home: Path, run_id: int, state_dir: Path, superlink: ManagedProcess, timeout: float
+) -> TrainingSummary | str:
+    """Wait for the ServerApp's summary, or return the reason there will be none."""
+    deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + STATUS_CHECK_INTERVAL_S
+    while time.monotonic() < deadline:
+        summary = read_summary(state_dir)
+        if summary is not None:
+            return summary
+        if not superlink.running():
+            return f"SuperLink exited with code {superlink.returncode()}:\n{superlink.log_tail()}"
+        if time.monotonic() >= next_check:
+            status = run_status(home, run_id)
+            if status and status.startswith("finished"):
+                time.sleep(1.0)  # the summary is written just before the run ends
+                return read_summary(state_dir) or f"run {run_id} ended ({status}) without a summary"
+            next_check = time.monotonic() + STATUS_CHECK_INTERVAL_S
+        time.sleep(0.5)
+    return f"training did not finish within {timeout:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    spec = TrainingSpec.model_validate_json(args.spec.read_text(encoding="utf-8"))
+    try:
+        validate_repository(args.repo)
+    except ContractError as error:
+        raise SystemExit(f"flops-aggregator: {error}") from error
+    state_dir: Path = args.state_dir.resolve()
+    args.state_dir = state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "progress.jsonl"):
+        (state_dir / stale).unlink(missing_ok=True)
+    app_dir = build_app_dir(args.repo, state_dir / "app", spec)
+    port = args.port or free_port(args.host)
+    connect_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    home = state_dir / "flwr-home"
+    write_flower_config(home, f"{connect_host}:{port}", args.ssl_ca_certfile)
+    env = {
+        "FLWR_HOME": str(home),
+        STATE_DIR_ENV: str(state_dir),
+        TRACKING_URI_ENV: args.tracking_uri,
+    }
+    superlink = ManagedProcess(
+        "superlink",
+        superlink_command(args, port),
+        state_dir / "superlink.log",
+        env=env,
+        own_group=False,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        superlink.stop()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    outcome: TrainingSummary | str
+    try:
+        if not wait_until(lambda: port_open(connect_host, port) or not superlink.running(), 60):
+            raise RuntimeError("SuperLink did not open its port within 60 s")
+        if not superlink.running():
+            raise RuntimeError(f"SuperLink failed to start:\n{superlink.log_tail()}")
+        print(f"flops-aggregator: SuperLink listening on {args.host}:{port}", flush=True)
+        run_id = submit(home, app_dir)
+        print(f"flops-aggregator: submitted run {run_id}", flush=True)
+        outcome = follow(home, run_id, state_dir, superlink, args.timeout)
+    except RuntimeError as error:
+        outcome = str(error)
+    finally:
+        superlink.stop()
+    if isinstance(outcome, str):
+        outcome = TrainingSummary(status="failed", project_id=spec.project_id, error=outcome)
+        (state_dir / "summary.json").write_text(outcome.model_dump_json(indent=2), encoding="utf-8")
+    print(outcome.model_dump_json(), flush=True)
+    raise SystemExit(0 if outcome.status == "completed" else 1)
+
+
+if __name__ == "__main__":
+    main()

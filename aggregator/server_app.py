@@ -1,0 +1,308 @@
+"""The ServerApp: waits for learners, runs the strategy, tracks and checkpoints every round.
+
+Settings that are the aggregator's alone (where state goes, the tracking server) come from
+the environment of `flops-aggregator`, which Flower passes down to this process; the
+training itself comes from the run config, which learners see too.
+"""
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from aggregator.strategies import build_strategy
+from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
+from flops.progress import ProgressEvent, ProgressLog
+from flops.training import SPEC_RUN_CONFIG_KEY, RoundReport, TrainingSpec, TrainingSummary
+
+STATE_DIR_ENV = "FLOPS_AGGREGATOR_STATE_DIR"
+TRACKING_URI_ENV = "FLOPS_TRACKING_URI"
+KEPT_CHECKPOINTS = 2
+_FLOWER_REASON = re.compile(r"^<class '[^']*'>:<'(?P<message>.*)'>$", re.DOTALL)
+
+app = ServerApp()
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+def reply_error(message: Message) -> str:
+    """The user-facing reason of a failed reply (Flower wraps it in type and quotes)."""
+    reason = message.error.reason if message.has_error() else "no reply"
+    match = _FLOWER_REASON.match(reason)
+    return match.group("message") if match else reason
+
+
+class TrainingSession:
+    """Everything one training keeps between rounds: reports, best model, tracking."""
+
+    def __init__(self, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None) -> None:
+        self.spec = spec
+        self.state_dir = state_dir
+        self.progress = ProgressLog(state_dir)
+        self.checkpoints = state_dir / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.reports: dict[int, RoundReport] = {}
+        self.round_started_at: dict[int, float] = {}
+        self.best: tuple[RoundReport, list[np.ndarray]] | None = None
+        self.round_run_ids: list[str] = []
+        self.tracker: Any = None
+        if tracking_uri:
+            from aggregator.tracking import MlflowTracker
+
+            self.tracker = MlflowTracker(spec, tracking_uri)
+
+    def report(self, server_round: int) -> RoundReport:
+        return self.reports.setdefault(server_round, RoundReport(round=server_round))
+
+    def accept_replies(
+        self, server_round: int, replies: list[Message], minimum: int, phase: str
+    ) -> list[Message]:
+        """The successful replies; stop the training when fewer than `minimum` succeeded."""
+        ok = [reply for reply in replies if not reply.has_error()]
+        failures = [reply_error(reply) for reply in replies if reply.has_error()]
+        self.report(server_round).failures.extend(failures)
+        if len(ok) < minimum:
+            detail = "; ".join(failures) if failures else "learners did not answer in time"
+            raise TrainingError(
+                f"round {server_round} {phase}: {len(ok)} of the required {minimum} learners "
+                f"succeeded: {detail}"
+            )
+        return ok
+
+    def round_finished(self, server_round: int, arrays: ArrayRecord) -> None:
+        report = self.report(server_round)
+        report.duration_s = time.time() - self.round_started_at.get(server_round, time.time())
+        parameters = arrays.to_numpy_ndarrays()
+        self._checkpoint(server_round, parameters)
+        if self.tracker is not None:
+            report.run_id = self.tracker.log_round(report)
+            self.round_run_ids.append(report.run_id)
+        if self.best is None or self._better(report, self.best[0]):
+            self.best = (report, [p.copy() for p in parameters])
+        self.progress.emit(ProgressEvent(kind="round", round=report))
+
+    def _better(self, candidate: RoundReport, incumbent: RoundReport) -> bool:
+        def key(report: RoundReport) -> tuple[float, float]:
+            loss = report.loss if report.loss is not None else float("inf")
+            accuracy = report.accuracy if report.accuracy is not None else float("-inf")
+            if self.spec.best_model_metric == "loss":
+                return (-loss, accuracy)
+            return (accuracy, -loss)
+
+        return key(candidate) > key(incumbent)
+
+    def _checkpoint(self, server_round: int, parameters: list[np.ndarray]) -> None:
+        path = self.checkpoints / f"round-{server_round}.npz"
+        np.savez(path, *parameters)
+        stale = self.checkpoints / f"round-{server_round - KEPT_CHECKPOINTS}.npz"
+        stale.unlink(missing_ok=True)
+
+
+class RoundHooks:
+    """Mixed in before a Flower strategy: sees every round's replies and results."""
+
+    session: TrainingSession
+    min_train_nodes: int
+    min_evaluate_nodes: int
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.session.round_started_at[server_round] = time.time()
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc,no-any-return]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self.session.accept_replies(
+            server_round, list(replies), self.min_train_nodes, "training"
+        )
+        arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
+        report = self.session.report(server_round)
+        report.learners = len(ok)
+        if metrics is not None:
+            report.train_examples = int(sum(r.content["metrics"]["num-examples"] for r in ok))  # type: ignore[arg-type]
+            report.local_loss = _metric(metrics, "local-loss")
+            report.local_accuracy = _metric(metrics, "local-accuracy")
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        ok = self.session.accept_replies(
+            server_round, list(replies), self.min_evaluate_nodes, "evaluation"
+        )
+        metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
+        report = self.session.report(server_round)
+        if metrics is not None:
+            report.eval_examples = int(sum(r.content["metrics"]["num-examples"] for r in ok))  # type: ignore[arg-type]
+            report.loss = _metric(metrics, "loss")
+            report.accuracy = _metric(metrics, "accuracy")
+        return metrics  # type: ignore[no-any-return]
+
+
+def _metric(metrics: MetricRecord, key: str) -> float | None:
+    value = metrics.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def wait_for_learners(grid: Grid, spec: TrainingSpec, progress: ProgressLog) -> int:
+    deadline = time.monotonic() + spec.learner_wait_timeout
+    announced = -1
+    while (joined := len(list(grid.get_node_ids()))) < spec.min_available_clients:
+        if joined != announced:
+            progress.emit(
+                ProgressEvent(
+                    kind="waiting",
+                    message=f"{joined} of {spec.min_available_clients} learners joined",
+                    data={"joined": joined, "required": spec.min_available_clients},
+                )
+            )
+            announced = joined
+        if time.monotonic() >= deadline:
+            raise TrainingError(
+                f"only {joined} of {spec.min_available_clients} required learners joined within "
+                f"{spec.learner_wait_timeout:.0f} s: start more learners (check their logs) or "
+                "lower min_available_clients"
+            )
+        time.sleep(0.5)
+    return joined
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
+    state_dir = Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".flops" / spec.project_id)
+    run_training(grid, spec, state_dir, os.environ.get(TRACKING_URI_ENV) or None)
+
+
+def run_training(
+    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None
+) -> TrainingSummary:
+    started = time.time()
+    progress = ProgressLog(state_dir)
+    session: TrainingSession | None = None
+    try:
+        session = TrainingSession(spec, state_dir, tracking_uri)
+        with user_code("aggregator"):
+            manager_class = load_model_manager_class()
+            initial = [np.asarray(p) for p in manager_class().get_model_parameters()]
+        strategy = build_strategy(spec, base=RoundHooks)
+        strategy.session = session  # type: ignore[attr-defined]
+        joined = wait_for_learners(grid, spec, progress)
+        progress.emit(
+            ProgressEvent(
+                kind="started", message=f"{joined} learners joined", data={"learners": joined}
+            )
+        )
+
+        def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if server_round > 0:
+                assert session is not None
+                session.round_finished(server_round, arrays)
+            return None
+
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=spec.rounds,
+            timeout=spec.round_timeout,
+            train_config=ConfigRecord(dict(spec.hyperparameters)),
+            evaluate_fn=end_of_round,
+        )
+        summary = _completed_summary(spec, session, manager_class, started, tracking_uri)
+    except (TrainingError, UserCodeError, ValueError) as error:
+        summary = _failed_summary(spec, session, str(error), started, tracking_uri)
+        _finish(session, progress, summary)
+        raise
+    except Exception as error:
+        summary = _failed_summary(
+            spec, session, f"{type(error).__name__}: {error}", started, tracking_uri
+        )
+        _finish(session, progress, summary)
+        raise
+    _finish(session, progress, summary)
+    return summary
+
+
+def _completed_summary(
+    spec: TrainingSpec,
+    session: TrainingSession,
+    manager_class: type,
+    started: float,
+    tracking_uri: str | None,
+) -> TrainingSummary:
+    rounds = [session.reports[r] for r in sorted(session.reports)]
+    summary = TrainingSummary(
+        status="completed", project_id=spec.project_id, rounds=rounds, tracking_uri=tracking_uri
+    )
+    if rounds:
+        summary.final_loss, summary.final_accuracy = rounds[-1].loss, rounds[-1].accuracy
+    if session.best is not None:
+        best_report, best_parameters = session.best
+        summary.best_round = best_report.round
+        with user_code("aggregator"):
+            manager = manager_class()
+            manager.set_model_parameters(best_parameters)
+            model = manager.get_model()
+            example_fn = getattr(manager, "get_input_example", None)
+            example = example_fn() if callable(example_fn) else None
+        np.savez(session.checkpoints / "best.npz", *best_parameters)
+        if session.tracker is not None:
+            logged = session.tracker.log_model(model, example, best_report)
+            summary.model_uri = logged.model_uri
+            summary.registered_model_name = logged.registered_name
+            summary.registered_model_version = logged.registered_version
+            session.progress.emit(ProgressEvent(kind="model", message=logged.model_uri))
+    _fill_tracking(summary, session)
+    summary.duration_s = time.time() - started
+    return summary
+
+
+def _failed_summary(
+    spec: TrainingSpec,
+    session: TrainingSession | None,
+    error: str,
+    started: float,
+    tracking_uri: str | None,
+) -> TrainingSummary:
+    summary = TrainingSummary(
+        status="failed", project_id=spec.project_id, error=error, tracking_uri=tracking_uri
+    )
+    if session is not None:
+        summary.rounds = [
+            session.reports[r] for r in sorted(session.reports) if r in session.reports
+        ]
+        _fill_tracking(summary, session)
+    summary.duration_s = time.time() - started
+    return summary
+
+
+def _fill_tracking(summary: TrainingSummary, session: TrainingSession) -> None:
+    if session.tracker is not None:
+        summary.experiment_id = session.tracker.experiment_id
+        summary.parent_run_id = session.tracker.parent_run_id
+        summary.round_run_ids = list(session.round_run_ids)
+
+
+def _finish(
+    session: TrainingSession | None, progress: ProgressLog, summary: TrainingSummary
+) -> None:
+    if session is not None and session.tracker is not None:
+        session.tracker.finish(summary.status == "completed", summary.error)
+    progress.write_summary(summary)
+    progress.emit(
+        ProgressEvent(
+            kind="finished",
+            message=summary.error or summary.status,
+            data={"status": summary.status},
+        )
+    )

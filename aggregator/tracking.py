@@ -1,0 +1,144 @@
+"""MLflow tracking of one federated training, the way an ML engineer expects to find it.
+
+One experiment per project; a parent run per training carrying the parameters, system
+metrics and per-round curves (`step=round`); one nested child run per round (FLOps's one row
+per round); the best global model logged with its flavor, a signature and requirements, and
+registered in the Model Registry. Only the aggregator imports this module.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+from flops.training import ModelFlavor, RoundReport, TrainingSpec
+
+ROUND_METRICS = ("loss", "accuracy", "local_loss", "local_accuracy")
+
+
+@dataclass
+class LoggedModel:
+    model_uri: str
+    registered_name: str | None
+    registered_version: str | None
+
+
+def training_params(spec: TrainingSpec) -> dict[str, str]:
+    params: dict[str, Any] = {
+        "strategy": spec.strategy.name.value,
+        "rounds": spec.rounds,
+        "min_available_clients": spec.min_available_clients,
+        "min_fit_clients": spec.min_fit_clients,
+        "min_evaluate_clients": spec.min_evaluate_clients,
+        "data_tags": ",".join(spec.data_tags),
+        "model_flavor": spec.model_flavor.value,
+        "best_model_metric": spec.best_model_metric,
+        "repo_url": spec.repo_url,
+        "repo_commit": spec.repo_commit,
+    }
+    params.update({f"strategy.{k}": v for k, v in spec.strategy.parameters.items()})
+    params.update({f"hp.{k}": v for k, v in spec.hyperparameters.items()})
+    return {key: str(value) for key, value in params.items()}
+
+
+def round_metrics(report: RoundReport) -> dict[str, float]:
+    metrics = {name: getattr(report, name) for name in ROUND_METRICS}
+    values = {name: float(value) for name, value in metrics.items() if value is not None}
+    values["learners"] = float(report.learners)
+    values["failures"] = float(len(report.failures))
+    values["round_duration_s"] = report.duration_s
+    return values
+
+
+class MlflowTracker:
+    """Owns the parent run of one training from start to end."""
+
+    def __init__(self, spec: TrainingSpec, tracking_uri: str) -> None:
+        self.spec = spec
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        experiment = mlflow.set_experiment(spec.project_id)
+        self.experiment_id: str = experiment.experiment_id
+        tags = {"flops.project_id": spec.project_id, "flops.role": "training"}
+        run = mlflow.start_run(run_name="training", log_system_metrics=True, tags=tags)
+        self.parent_run_id: str = run.info.run_id
+        mlflow.log_params(training_params(spec))
+
+    def log_round(self, report: RoundReport) -> str:
+        metrics = round_metrics(report)
+        with mlflow.start_run(
+            run_name=f"round-{report.round}",
+            nested=True,
+            tags={"flops.project_id": self.spec.project_id, "flops.round": str(report.round)},
+        ) as child:
+            mlflow.log_params({"round": str(report.round)})
+            mlflow.log_metrics(metrics)
+            if report.failures:
+                mlflow.set_tag("flops.failures", "; ".join(report.failures)[:5000])
+        mlflow.log_metrics(metrics, step=report.round)
+        return child.info.run_id
+
+    def log_model(self, model: Any, input_example: Any | None, best: RoundReport) -> LoggedModel:
+        mlflow.log_metrics(
+            {"best_round": float(best.round)}
+            | {f"best_{k}": v for k, v in round_metrics(best).items() if k in ROUND_METRICS}
+        )
+        signature = _signature(model, self.spec.model_flavor, input_example)
+        flavor = _flavor_module(self.spec.model_flavor)
+        info = flavor.log_model(
+            model,
+            name="model",
+            signature=signature,
+            registered_model_name=self.spec.model_name,
+            pip_requirements=flavor.get_default_pip_requirements(),
+        )
+        version = info.registered_model_version
+        return LoggedModel(
+            model_uri=info.model_uri,
+            registered_name=self.spec.model_name if version is not None else None,
+            registered_version=str(version) if version is not None else None,
+        )
+
+    def finish(self, succeeded: bool, error: str | None = None) -> None:
+        if error:
+            mlflow.set_tag("flops.error", error[:5000])
+        mlflow.end_run(status="FINISHED" if succeeded else "FAILED")
+
+    def run_url(self) -> str:
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+
+
+def _flavor_module(flavor: ModelFlavor) -> Any:
+    if flavor is ModelFlavor.SKLEARN:
+        import mlflow.sklearn
+
+        return mlflow.sklearn
+    if flavor is ModelFlavor.PYTORCH:
+        import mlflow.pytorch
+
+        return mlflow.pytorch
+    import mlflow.tensorflow
+
+    return mlflow.tensorflow
+
+
+def _signature(model: Any, flavor: ModelFlavor, example: Any | None) -> Any:
+    """A signature from a synthetic input example: no node data reaches the aggregator."""
+    if example is None and flavor is ModelFlavor.SKLEARN and hasattr(model, "n_features_in_"):
+        example = np.zeros((2, int(model.n_features_in_)))
+    if example is None:
+        return None
+    try:
+        if flavor is ModelFlavor.PYTORCH:
+            import torch
+
+            model.eval()
+            with torch.no_grad():
+                output = model(torch.as_tensor(example)).cpu().numpy()
+        else:
+            output = model.predict(example)
+        return infer_signature(example, output)
+    except Exception:
+        return None

@@ -1,0 +1,110 @@
+"""What one federated training is asked to do, and what it reports at the end.
+
+`TrainingSpec` travels from whoever starts a training (the `flops train` command, the
+manager) to the aggregator's ServerApp and, through Flower's run config, to the learners.
+It holds no secrets: learners see it.
+"""
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SPEC_RUN_CONFIG_KEY = "flops-spec"
+
+
+class StrategyName(StrEnum):
+    FEDAVG = "FedAvg"
+    FEDPROX = "FedProx"
+    FEDADAM = "FedAdam"
+    FEDYOGI = "FedYogi"
+    FEDADAGRAD = "FedAdagrad"
+    FEDAVGM = "FedAvgM"
+    FEDMEDIAN = "FedMedian"
+    FEDTRIMMEDAVG = "FedTrimmedAvg"
+    KRUM = "Krum"
+
+
+class ModelFlavor(StrEnum):
+    SKLEARN = "sklearn"
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    KERAS = "keras"
+
+
+class StrategyConfig(BaseModel):
+    """A Flower strategy by name, with keyword arguments for its constructor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrategyName = StrategyName.FEDAVG
+    parameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class TrainingSpec(BaseModel):
+    """One federated training: rounds, client minimums, strategy, data and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model_name: str = Field(min_length=1, description="Model Registry name for the best model")
+    model_flavor: ModelFlavor = ModelFlavor.SKLEARN
+    rounds: int = Field(default=3, ge=1, le=10_000)
+    min_available_clients: int = Field(default=1, ge=1)
+    min_fit_clients: int = Field(default=1, ge=1)
+    min_evaluate_clients: int = Field(default=1, ge=1)
+    data_tags: list[str] = Field(default_factory=list)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    hyperparameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    best_model_metric: Literal["accuracy", "loss"] = "accuracy"
+    learner_wait_timeout: float = Field(default=300.0, gt=0)
+    round_timeout: float = Field(default=3600.0, gt=0)
+    repo_url: str = ""
+    repo_commit: str = ""
+
+    @model_validator(mode="after")
+    def _client_minimums_fit(self) -> "TrainingSpec":
+        for field in ("min_fit_clients", "min_evaluate_clients"):
+            if getattr(self, field) > self.min_available_clients:
+                raise ValueError(
+                    f"{field} ({getattr(self, field)}) exceeds min_available_clients "
+                    f"({self.min_available_clients}): raise min_available_clients or lower {field}"
+                )
+        return self
+
+
+class RoundReport(BaseModel):
+    """The aggregate outcome of one round, as tracked and shown live."""
+
+    round: int
+    loss: float | None = None
+    accuracy: float | None = None
+    local_loss: float | None = None
+    local_accuracy: float | None = None
+    train_examples: int = 0
+    eval_examples: int = 0
+    learners: int = 0
+    failures: list[str] = Field(default_factory=list)
+    duration_s: float = 0.0
+    run_id: str | None = None
+
+
+class TrainingSummary(BaseModel):
+    """The end of a training, printed by `flops train --json` and kept by the manager."""
+
+    status: Literal["completed", "failed"]
+    project_id: str
+    error: str | None = None
+    rounds: list[RoundReport] = Field(default_factory=list)
+    final_loss: float | None = None
+    final_accuracy: float | None = None
+    best_round: int | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    round_run_ids: list[str] = Field(default_factory=list)
+    model_uri: str | None = None
+    registered_model_name: str | None = None
+    registered_model_version: str | None = None
+    tracking_uri: str | None = None
+    duration_s: float = 0.0
+    extra: dict[str, Any] = Field(default_factory=dict)

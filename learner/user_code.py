@@ -1,0 +1,111 @@
+"""Runs the user's ModelManager for one Flower message: train or evaluate.
+
+Kept free of Flower types so it can be tested directly. Every failure inside user code
+becomes a `UserCodeError` that names the node, the place in the user's file and the
+exception, because that is what the person reading the aggregator's error needs.
+"""
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from flops.data.node_data import DATA_DIR_ENV, DATA_TAGS_ENV, missing_tags
+from flops.ml_repo.loader import UserCodeError, user_code
+
+Arrays = list[NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    node_name: str
+    data_dir: Path
+    data_tags: Sequence[str]
+
+
+@dataclass
+class TrainOutcome:
+    parameters: Arrays
+    num_examples: int
+    local_loss: float
+    local_accuracy: float
+    local_eval_examples: int
+
+
+@dataclass
+class EvaluateOutcome:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def _accepts_config(method: Any) -> bool:
+    try:
+        return len(inspect.signature(method).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def proximal_step(local: Arrays, global_: Arrays, mu: float) -> Arrays:
+    """The FedProx proximal operator applied to the locally trained parameters.
+
+    argmin_w ||w - w_local||^2 / 2 + mu/2 ||w - w_global||^2 = (w_local + mu w_global)/(1+mu):
+    for models whose training loop FLOps cannot reach (scikit-learn) this keeps local models
+    near the global one exactly as the proximal term intends.
+    """
+    return [
+        (
+            (np.asarray(w, dtype=np.float64) + mu * np.asarray(g, dtype=np.float64)) / (1.0 + mu)
+        ).astype(np.asarray(w).dtype)
+        for w, g in zip(local, global_, strict=True)
+    ]
+
+
+class ModelRunner:
+    """One node's view of the user's ModelManager."""
+
+    def __init__(self, node: NodeContext, manager_class: type) -> None:
+        self.node = node
+        self.manager_class = manager_class
+
+    def _new_manager(self) -> Any:
+        absent = missing_tags(self.node.data_dir, self.node.data_tags)
+        if absent:
+            raise UserCodeError(
+                f"{self.node.node_name}: no data for tag(s) {', '.join(absent)} "
+                f"in {self.node.data_dir}"
+            )
+        os.environ[DATA_DIR_ENV] = str(self.node.data_dir)
+        os.environ[DATA_TAGS_ENV] = ",".join(self.node.data_tags)
+        with user_code(self.node.node_name):
+            manager = self.manager_class()
+            manager.set_model_data()
+        return manager
+
+    def train(self, parameters: Arrays, config: Mapping[str, Any]) -> TrainOutcome:
+        manager = self._new_manager()
+        with user_code(self.node.node_name):
+            manager.set_model_parameters(parameters)
+            if _accepts_config(manager.fit_model):
+                num_examples = int(manager.fit_model(dict(config)))
+            else:
+                num_examples = int(manager.fit_model())
+            trained = [np.asarray(p) for p in manager.get_model_parameters()]
+            mu = float(config.get("proximal_mu", 0.0) or 0.0)
+            if mu > 0 and not getattr(manager, "handles_proximal_term", False):
+                trained = proximal_step(trained, parameters, mu)
+                manager.set_model_parameters(trained)
+            loss, accuracy, eval_examples = manager.evaluate_model()
+        return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples))
+
+    def evaluate(self, parameters: Arrays) -> EvaluateOutcome:
+        manager = self._new_manager()
+        with user_code(self.node.node_name):
+            manager.set_model_parameters(parameters)
+            loss, accuracy, num_examples = manager.evaluate_model()
+        return EvaluateOutcome(float(loss), float(accuracy), int(num_examples))

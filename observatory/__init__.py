@@ -1,0 +1,1 @@
+"""FLOps observatory: the MLflow tracking server (port 7027) every project reports to."""
