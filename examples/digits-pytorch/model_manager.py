@@ -5,9 +5,9 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from data_manager import DataManager
 from torch import nn
 
-from data_manager import DataManager
 from flops.ml_repo import ModelManagerTemplate
 
 NUM_CLASSES = 10
@@ -52,9 +52,12 @@ class ModelManager(ModelManagerTemplate):
     handles_proximal_term = True
 
     def __init__(self) -> None:
-        torch.manual_seed(SEED)  # the same initial weights on the aggregator and every node
         self.device = pick_device()
-        self.model = DigitsCNN().to(self.device)
+        # The same initial weights on the aggregator and every node, without touching the
+        # caller's random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            self.model = DigitsCNN().to(self.device)
         self.train: tuple[np.ndarray, np.ndarray] | None = None
         self.test: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -69,8 +72,10 @@ class ModelManager(ModelManagerTemplate):
 
     def set_model_parameters(self, parameters: list[np.ndarray]) -> None:
         keys = self.model.state_dict().keys()
+        # load_state_dict copies into the existing tensors, casting to their dtype and device.
         state = OrderedDict(
-            (key, torch.as_tensor(np.asarray(value))) for key, value in zip(keys, parameters, strict=True)
+            (key, torch.as_tensor(np.asarray(value)))
+            for key, value in zip(keys, parameters, strict=True)
         )
         self.model.load_state_dict(state, strict=True)
 

@@ -3,11 +3,11 @@
 import warnings
 
 import numpy as np
+from data_manager import DataManager
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from data_manager import DataManager
 from flops.ml_repo import ModelManagerTemplate
 
 NUM_CLASSES = 10

@@ -12,13 +12,13 @@ different in each. The logged model is a pipeline that takes the raw features.
 import warnings
 
 import numpy as np
+from data_manager import FEATURES, DataManager
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data_manager import FEATURES, DataManager
 from flops.ml_repo import ModelManagerTemplate
 
 CLASSES = np.array([0, 1])  # 0: malignant, 1: benign

@@ -1,0 +1,39 @@
+# FLOps: `make demo` runs the main job on this machine; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= .flops/demo
+
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: setup test test-fast lint demo bench clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU build that lies on disk here; a looser pin pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[all]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check flops flops_utils learner aggregator observatory
+	$(VENV)/bin/mypy
+
+demo: setup
+	$(VENV)/bin/flops data partition digits --nodes 2 --tag digits --out $(DEMO_DIR)/data
+	$(VENV)/bin/flops train examples/digits-sklearn --data-dir $(DEMO_DIR)/data --learners 2 --rounds 3
+
+clean:
+	rm -rf .flops .pytest_cache .mypy_cache .ruff_cache

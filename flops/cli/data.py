@@ -1,0 +1,40 @@
+"""`flops data`: make node data folders from a data set."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flops.data.partition import Scheme, partition
+
+app = typer.Typer(help="Prepare node-local data.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("partition")
+def partition_command(
+    dataset: str = typer.Argument(..., help="digits, breast_cancer, iris, wine, or a .csv/.parquet file"),
+    nodes: int = typer.Option(..., "--nodes", "-n", min=1, help="number of node folders"),
+    tag: str = typer.Option(..., "--tag", "-t", help="data tag (folder name) to write"),
+    out: Path = typer.Option(..., "--out", "-o", help="root folder for the node folders"),
+    scheme: Scheme = typer.Option(Scheme.IID, "--scheme", help="how labels spread over nodes"),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0001, help="Dirichlet concentration"),
+    seed: int = typer.Option(42, "--seed"),
+    label_column: str = typer.Option("label", "--label-column", help="label column of a file"),
+) -> None:
+    """Split DATASET into per-node folders OUT/node-i/TAG/ and show each node's labels."""
+    try:
+        histogram = partition(dataset, nodes, tag, out, scheme, alpha, seed, label_column)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    labels = sorted({label for counts in histogram.values() for label in counts})
+    table = Table(title=f"{dataset} -> {out} (tag '{tag}', {scheme.value})")
+    table.add_column("node")
+    for label in labels:
+        table.add_column(str(label), justify="right")
+    table.add_column("rows", justify="right")
+    for node, counts in histogram.items():
+        table.add_row(node, *(str(counts.get(label, 0)) for label in labels), str(sum(counts.values())))
+    console.print(table)

@@ -1,0 +1,58 @@
+"""Gets an ML repository: any git URL or local path, at a branch, tag or commit.
+
+A local folder that is not a git repository is used as it is (handy while writing code);
+everything else is cloned with GitPython into a cache keyed by URL, and the commit that
+was checked out is recorded so a training can name exactly what it ran.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+
+class RepositoryError(ValueError):
+    """The repository cannot be fetched or the reference does not exist."""
+
+
+@dataclass(frozen=True)
+class FetchedRepository:
+    path: Path
+    url: str
+    commit: str
+
+
+def fetch_repository(url: str, ref: str | None, cache_dir: Path) -> FetchedRepository:
+    """Check out `ref` (default: the default branch) of `url` and name the commit."""
+    local = Path(url).expanduser()
+    if local.is_dir() and not (local / ".git").exists() and not ref:
+        return FetchedRepository(path=local.resolve(), url=str(local.resolve()), commit="")
+    source = str(local.resolve()) if local.is_dir() else url
+    checkout = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
+    try:
+        if (checkout / ".git").is_dir():
+            repo = git.Repo(checkout)
+            repo.remotes.origin.fetch(tags=True, prune=True)
+        else:
+            checkout.parent.mkdir(parents=True, exist_ok=True)
+            repo = git.Repo.clone_from(source, checkout, env={"GIT_TERMINAL_PROMPT": "0"})
+        target = ref or "origin/HEAD"
+        commit = _resolve(repo, target)
+        repo.git.checkout("--force", "--detach", commit)
+        repo.git.clean("-xdf")
+    except git.GitCommandError as error:
+        detail = (error.stderr or str(error)).strip().splitlines()
+        raise RepositoryError(
+            f"cannot fetch {url}" + (f" at {ref}" if ref else "") + f": {detail[-1] if detail else error}"
+        ) from error
+    return FetchedRepository(path=checkout, url=source, commit=commit)
+
+
+def _resolve(repo: git.Repo, ref: str) -> str:
+    for candidate in (f"origin/{ref}", ref):
+        try:
+            return str(repo.commit(candidate).hexsha)
+        except (git.BadName, ValueError, git.GitCommandError):
+            continue
+    raise RepositoryError(f"no branch, tag or commit named '{ref}' in {repo.remotes.origin.url}")

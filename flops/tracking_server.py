@@ -1,0 +1,63 @@
+"""Makes sure an MLflow tracking server answers, starting the observatory when it may.
+
+Only a loopback HTTP address is started automatically: a remote tracking server that does
+not answer is a configuration error for the user to fix, not something to paper over.
+"""
+
+import os
+import signal
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flops.commands import observatory_command
+from flops.net import http_ok, wait_until
+from flops.processes import ManagedProcess
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+START_TIMEOUT_S = 90.0
+
+
+class TrackingServerError(RuntimeError):
+    """The tracking server neither answers nor can be started here."""
+
+
+def tracking_healthy(uri: str) -> bool:
+    return http_ok(uri.rstrip("/") + "/health")
+
+
+def ensure_tracking_server(uri: str, home: Path) -> int | None:
+    """Start the observatory for `uri` unless it answers; the started PID, or None."""
+    if tracking_healthy(uri):
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme != "http" or parsed.hostname not in LOOPBACK_HOSTS or not parsed.port:
+        raise TrackingServerError(
+            f"no MLflow tracking server answers at {uri}; start it, or use a loopback "
+            "address such as http://127.0.0.1:7027 so FLOps starts one for you"
+        )
+    process = ManagedProcess(
+        "observatory",
+        observatory_command(parsed.hostname, parsed.port, home),
+        home / "observatory.log",
+    )
+    (home / "observatory.pid").write_text(str(process.pid), encoding="utf-8")
+    if not wait_until(lambda: tracking_healthy(uri) or not process.running(), START_TIMEOUT_S, 0.5):
+        process.stop()
+        raise TrackingServerError(f"the observatory did not answer at {uri} within {START_TIMEOUT_S:.0f} s")
+    if not process.running():
+        raise TrackingServerError(f"the observatory failed to start:\n{process.log_tail()}")
+    return process.pid
+
+
+def stop_tracking_server(home: Path) -> bool:
+    """Stop an observatory started by `ensure_tracking_server`; whether one was running."""
+    pid_file = home / "observatory.pid"
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text(encoding="utf-8").strip())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
