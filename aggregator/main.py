@@ -110,9 +110,7 @@ def submit(home: Path, app_dir: Path) -> int:
         answer = json.loads(result.stdout)
         return int(answer["run-id"])
     except (ValueError, KeyError, TypeError) as error:
-        raise RuntimeError(
-            f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}"
-        ) from error
+        raise RuntimeError(f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}") from error
 
 
 def run_status(home: Path, run_id: int) -> str | None:

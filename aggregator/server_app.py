@@ -7,6 +7,7 @@ training itself comes from the run config, which learners see too.
 
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from aggregator.strategies import build_strategy
+from flops.app_bundle import SHIM_PACKAGE
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.progress import ProgressEvent, ProgressLog
 from flops.training import SPEC_RUN_CONFIG_KEY, RoundReport, TrainingSpec, TrainingSummary
@@ -35,9 +37,9 @@ class TrainingError(RuntimeError):
 
 def reply_error(message: Message) -> str:
     """The user-facing reason of a failed reply (Flower wraps it in type and quotes)."""
-    reason = message.error.reason if message.has_error() else "no reply"
+    reason = (message.error.reason if message.has_error() else None) or "no reply"
     match = _FLOWER_REASON.match(reason)
-    return match.group("message") if match else reason
+    return str(match.group("message")) if match else reason
 
 
 class TrainingSession:
@@ -117,36 +119,46 @@ class RoundHooks:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.session.round_started_at[server_round] = time.time()
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc,no-any-return]
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self.session.accept_replies(
-            server_round, list(replies), self.min_train_nodes, "training"
-        )
+        ok = self.session.accept_replies(server_round, list(replies), self.min_train_nodes, "training")
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
         report.learners = len(ok)
         if metrics is not None:
-            report.train_examples = int(sum(r.content["metrics"]["num-examples"] for r in ok))  # type: ignore[arg-type]
+            report.train_examples = _examples(ok)
             report.local_loss = _metric(metrics, "local-loss")
             report.local_accuracy = _metric(metrics, "local-accuracy")
         return arrays, metrics
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        ok = self.session.accept_replies(
-            server_round, list(replies), self.min_evaluate_nodes, "evaluation"
-        )
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ok = self.session.accept_replies(server_round, list(replies), self.min_evaluate_nodes, "evaluation")
         metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
         if metrics is not None:
-            report.eval_examples = int(sum(r.content["metrics"]["num-examples"] for r in ok))  # type: ignore[arg-type]
+            report.eval_examples = _examples(ok)
             report.loss = _metric(metrics, "loss")
             report.accuracy = _metric(metrics, "accuracy")
-        return metrics  # type: ignore[no-any-return]
+        return metrics
+
+
+def user_code_paths(manager_class: type) -> list[str]:
+    """The user's modules and packages beside `model_manager.py`, to ship with the model."""
+    module = sys.modules.get(manager_class.__module__)
+    if module is None or not getattr(module, "__file__", None):
+        return []
+    root = Path(str(module.__file__)).parent
+    paths = [p for p in root.glob("*.py")]
+    paths += [p for p in root.iterdir() if (p / "__init__.py").is_file() and p.name != SHIM_PACKAGE]
+    return sorted(str(p) for p in paths)
+
+
+def _examples(replies: list[Message]) -> int:
+    counts = [reply.content.metric_records["metrics"].get("num-examples", 0) for reply in replies]
+    return int(sum(c for c in counts if isinstance(c, int | float)))
 
 
 def _metric(metrics: MetricRecord, key: str) -> float | None:
@@ -199,9 +211,7 @@ def run_training(
         strategy.session = session  # type: ignore[attr-defined]
         joined = wait_for_learners(grid, spec, progress)
         progress.emit(
-            ProgressEvent(
-                kind="started", message=f"{joined} learners joined", data={"learners": joined}
-            )
+            ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined})
         )
 
         def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -224,9 +234,7 @@ def run_training(
         _finish(session, progress, summary)
         raise
     except Exception as error:
-        summary = _failed_summary(
-            spec, session, f"{type(error).__name__}: {error}", started, tracking_uri
-        )
+        summary = _failed_summary(spec, session, f"{type(error).__name__}: {error}", started, tracking_uri)
         _finish(session, progress, summary)
         raise
     _finish(session, progress, summary)
@@ -257,7 +265,7 @@ def _completed_summary(
             example = example_fn() if callable(example_fn) else None
         np.savez(session.checkpoints / "best.npz", *best_parameters)
         if session.tracker is not None:
-            logged = session.tracker.log_model(model, example, best_report)
+            logged = session.tracker.log_model(model, example, best_report, user_code_paths(manager_class))
             summary.model_uri = logged.model_uri
             summary.registered_model_name = logged.registered_name
             summary.registered_model_version = logged.registered_version
@@ -278,9 +286,7 @@ def _failed_summary(
         status="failed", project_id=spec.project_id, error=error, tracking_uri=tracking_uri
     )
     if session is not None:
-        summary.rounds = [
-            session.reports[r] for r in sorted(session.reports) if r in session.reports
-        ]
+        summary.rounds = [session.reports[r] for r in sorted(session.reports) if r in session.reports]
         _fill_tracking(summary, session)
     summary.duration_s = time.time() - started
     return summary
@@ -293,9 +299,7 @@ def _fill_tracking(summary: TrainingSummary, session: TrainingSession) -> None:
         summary.round_run_ids = list(session.round_run_ids)
 
 
-def _finish(
-    session: TrainingSession | None, progress: ProgressLog, summary: TrainingSummary
-) -> None:
+def _finish(session: TrainingSession | None, progress: ProgressLog, summary: TrainingSummary) -> None:
     if session is not None and session.tracker is not None:
         session.tracker.finish(summary.status == "completed", summary.error)
     progress.write_summary(summary)

@@ -80,19 +80,28 @@ class MlflowTracker:
         mlflow.log_metrics(metrics, step=report.round)
         return child.info.run_id
 
-    def log_model(self, model: Any, input_example: Any | None, best: RoundReport) -> LoggedModel:
+    def log_model(
+        self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]
+    ) -> LoggedModel:
+        """Log and register the best model; `code_paths` carry the user's modules along."""
         mlflow.log_metrics(
             {"best_round": float(best.round)}
             | {f"best_{k}": v for k, v in round_metrics(best).items() if k in ROUND_METRICS}
         )
         signature = _signature(model, self.spec.model_flavor, input_example)
         flavor = _flavor_module(self.spec.model_flavor)
+        options: dict[str, Any] = {}
+        if self.spec.model_flavor is ModelFlavor.PYTORCH:
+            # A pickled module loads with any batch size; pt2 would fix the example's shape.
+            options["serialization_format"] = "pickle"
         info = flavor.log_model(
             model,
             name="model",
             signature=signature,
             registered_model_name=self.spec.model_name,
             pip_requirements=flavor.get_default_pip_requirements(),
+            code_paths=code_paths or None,
+            **options,
         )
         version = info.registered_model_version
         return LoggedModel(

@@ -6,6 +6,7 @@ code of exactly this run; each side imports only its own half (the ClientApp shi
 touches the aggregator, so learners need no MLflow).
 """
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -79,5 +80,7 @@ def _pyproject(spec: TrainingSpec) -> str:
 
 
 def _app_name(project_id: str) -> str:
+    """A Flower app name: a letter first, letters, digits and hyphens, at most 32 chars."""
     cleaned = "".join(ch if ch.isalnum() else "-" for ch in project_id.lower()).strip("-")
-    return f"flops-{cleaned or 'app'}"
+    digest = hashlib.sha256(project_id.encode()).hexdigest()[:8]
+    return f"flops-{cleaned[:17].strip('-') or 'app'}-{digest}"

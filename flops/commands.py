@@ -18,7 +18,12 @@ def observatory_command(host: str, port: int, home: Path) -> list[str]:
 
 
 def aggregator_command(
-    spec_file: Path, repo: Path, state_dir: Path, port: int, tracking_uri: str, host: str = "127.0.0.1"
+    spec_file: Path,
+    repo: Path,
+    state_dir: Path,
+    port: int,
+    tracking_uri: str,
+    host: str = "127.0.0.1",
 ) -> list[str]:
     return [
         script("flops-aggregator"),

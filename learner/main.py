@@ -30,10 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:
-    binary = (
-        shutil.which("flower-supernode", path=str(Path(sys.executable).parent))
-        or "flower-supernode"
-    )
+    binary = shutil.which("flower-supernode", path=str(Path(sys.executable).parent)) or "flower-supernode"
     node_config = (
         f'{NODE_NAME_KEY}="{args.node_name}" '
         f'{DATA_DIR_KEY}="{args.data_dir.resolve()}" '

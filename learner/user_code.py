@@ -59,9 +59,9 @@ def proximal_step(local: Arrays, global_: Arrays, mu: float) -> Arrays:
     near the global one exactly as the proximal term intends.
     """
     return [
-        (
-            (np.asarray(w, dtype=np.float64) + mu * np.asarray(g, dtype=np.float64)) / (1.0 + mu)
-        ).astype(np.asarray(w).dtype)
+        ((np.asarray(w, dtype=np.float64) + mu * np.asarray(g, dtype=np.float64)) / (1.0 + mu)).astype(
+            np.asarray(w).dtype
+        )
         for w, g in zip(local, global_, strict=True)
     ]
 
@@ -77,8 +77,7 @@ class ModelRunner:
         absent = missing_tags(self.node.data_dir, self.node.data_tags)
         if absent:
             raise UserCodeError(
-                f"{self.node.node_name}: no data for tag(s) {', '.join(absent)} "
-                f"in {self.node.data_dir}"
+                f"{self.node.node_name}: no data for tag(s) {', '.join(absent)} in {self.node.data_dir}"
             )
         os.environ[DATA_DIR_ENV] = str(self.node.data_dir)
         os.environ[DATA_TAGS_ENV] = ",".join(self.node.data_tags)

@@ -81,7 +81,9 @@ def no_leftover_processes() -> Iterator[None]:
     )
 
 
-def run_flops(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_flops(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "flops"), *args],
         capture_output=True,

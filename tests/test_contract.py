@@ -37,7 +37,13 @@ def test_missing_methods_are_each_named(tmp_path: Path) -> None:
     with pytest.raises(ContractError) as caught:
         validate_repository(repo)
     message = str(caught.value)
-    for method in ("set_model_data", "get_model_parameters", "set_model_parameters", "fit_model", "evaluate_model"):
+    for method in (
+        "set_model_data",
+        "get_model_parameters",
+        "set_model_parameters",
+        "fit_model",
+        "evaluate_model",
+    ):
         assert f"{method}()" in message
     assert "get_model()" not in message
 
@@ -45,9 +51,17 @@ def test_missing_methods_are_each_named(tmp_path: Path) -> None:
 def test_methods_inherited_from_a_local_base_count(tmp_path: Path) -> None:
     methods = "".join(
         f"    def {m}(self, *a):\n        pass\n"
-        for m in ("set_model_data", "get_model", "get_model_parameters", "set_model_parameters", "fit_model")
+        for m in (
+            "set_model_data",
+            "get_model",
+            "get_model_parameters",
+            "set_model_parameters",
+            "fit_model",
+        )
     )
-    source = f"class Base:\n{methods}\nclass ModelManager(Base):\n    def evaluate_model(self):\n        pass\n"
+    source = (
+        f"class Base:\n{methods}\nclass ModelManager(Base):\n    def evaluate_model(self):\n        pass\n"
+    )
     repo = write(tmp_path / "r", {"conda.yaml": "name: x\n", "model_manager.py": source})
     assert check_repository(repo).ok
 

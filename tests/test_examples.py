@@ -99,8 +99,7 @@ def fedavg(
             results.append(([np.asarray(p) for p in manager.get_model_parameters()], examples))
         total = sum(examples for _, examples in results)
         parameters = [
-            sum(params[i] * examples for params, examples in results) / total
-            for i in range(len(parameters))
+            sum(params[i] * examples for params, examples in results) / total for i in range(len(parameters))
         ]
 
     evaluations = []

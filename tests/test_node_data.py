@@ -19,10 +19,9 @@ def test_load_dataset_reads_configured_tags(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_flops_import_paths_give_the_same_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flops.ml_repo import templates
     from flops_utils.ml_repo_building_blocks import load_dataset as flops_load
     from flops_utils.ml_repo_templates import DataManagerTemplate, ModelManagerTemplate
-
-    from flops.ml_repo import templates
 
     assert ModelManagerTemplate is templates.ModelManagerTemplate
     assert DataManagerTemplate is templates.DataManagerTemplate

@@ -74,8 +74,7 @@ class ModelManager(ModelManagerTemplate):
         keys = self.model.state_dict().keys()
         # load_state_dict copies into the existing tensors, casting to their dtype and device.
         state = OrderedDict(
-            (key, torch.as_tensor(np.asarray(value)))
-            for key, value in zip(keys, parameters, strict=True)
+            (key, torch.as_tensor(np.asarray(value))) for key, value in zip(keys, parameters, strict=True)
         )
         self.model.load_state_dict(state, strict=True)
 

@@ -81,9 +81,7 @@ def check_repository(repo: Path) -> RepoCheck:
         # A method may come from a base class imported from another module; only a class
         # whose bases are all known can be said to lack one.
         if method not in defined and resolved:
-            result.problems.append(
-                f"{MODEL_MANAGER_CLASS} in {MODEL_MANAGER_FILE} lacks method {method}()"
-            )
+            result.problems.append(f"{MODEL_MANAGER_CLASS} in {MODEL_MANAGER_FILE} lacks method {method}()")
     return result
 
 
@@ -95,13 +93,9 @@ def validate_repository(repo: Path) -> RepoCheck:
     return result
 
 
-def _methods_with_local_bases(
-    cls: ast.ClassDef, classes: dict[str, ast.ClassDef]
-) -> tuple[set[str], bool]:
+def _methods_with_local_bases(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> tuple[set[str], bool]:
     """Methods of `cls` and its same-file bases, and whether every base was resolved."""
-    methods = {
-        node.name for node in cls.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    methods = {node.name for node in cls.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     resolved = True
     for base in cls.bases:
         name = base.id if isinstance(base, ast.Name) else ast.unparse(base).split(".")[-1]
