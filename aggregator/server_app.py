@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
+from flops.events import Component, Event, EventName
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
+from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
 from flops.training import SPEC_RUN_CONFIG_KEY, RoundReport, TrainingSpec, TrainingSummary
 
@@ -42,14 +44,47 @@ def reply_error(message: Message) -> str:
     return str(match.group("message")) if match else reason
 
 
+def event_forwarder(project_id: str) -> Callable[[ProgressEvent], None] | None:
+    """Publishes progress as MQTT events when a broker is configured (`FLOPS_MQTT_HOST`)."""
+    settings = MqttSettings.from_env()
+    if settings is None:
+        return None
+    publisher = EventPublisher(settings)
+
+    def forward(progress: ProgressEvent) -> None:
+        if progress.kind == "waiting" or progress.kind == "model":
+            return
+        name = {"started": EventName.STARTED, "round": EventName.ROUND}.get(progress.kind)
+        payload = progress.round.model_dump() if progress.round is not None else dict(progress.data)
+        error = None
+        if progress.kind == "finished":
+            completed = progress.data.get("status") == "completed"
+            name = EventName.SUCCEEDED if completed else EventName.FAILED
+            error = None if completed else progress.message
+        assert name is not None
+        publisher.publish(
+            Event(
+                project_id=project_id,
+                component=Component.AGGREGATOR,
+                event=name,
+                error=error,
+                payload=payload,
+            )
+        )
+        if progress.kind == "finished":
+            publisher.close()
+
+    return forward
+
+
 class TrainingSession:
     """Everything one training keeps between rounds: reports, best model, tracking."""
 
-    def __init__(self, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None) -> None:
+    def __init__(self, spec: TrainingSpec, progress: ProgressLog, tracking_uri: str | None) -> None:
         self.spec = spec
-        self.state_dir = state_dir
-        self.progress = ProgressLog(state_dir)
-        self.checkpoints = state_dir / "checkpoints"
+        self.state_dir = progress.state_dir
+        self.progress = progress
+        self.checkpoints = self.state_dir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.reports: dict[int, RoundReport] = {}
         self.round_started_at: dict[int, float] = {}
@@ -200,10 +235,10 @@ def run_training(
     grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None
 ) -> TrainingSummary:
     started = time.time()
-    progress = ProgressLog(state_dir)
+    progress = ProgressLog(state_dir, event_forwarder(spec.project_id))
     session: TrainingSession | None = None
     try:
-        session = TrainingSession(spec, state_dir, tracking_uri)
+        session = TrainingSession(spec, progress, tracking_uri)
         with user_code("aggregator"):
             manager_class = load_model_manager_class()
             initial = [np.asarray(p) for p in manager_class().get_model_parameters()]

@@ -6,6 +6,7 @@ that file to draw live progress, and the manager turns them into its own events.
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +27,15 @@ class ProgressEvent(BaseModel):
 
 
 class ProgressLog:
-    """Appends events to `state_dir/progress.jsonl` and writes the final summary."""
+    """Appends events to `state_dir/progress.jsonl`, passes them on, writes the summary.
 
-    def __init__(self, state_dir: Path) -> None:
+    `forward` (e.g. an MQTT publisher) sees every event after it is on disk; a failure
+    there is logged, never fatal: the file stays the record of truth.
+    """
+
+    def __init__(self, state_dir: Path, forward: Callable[[ProgressEvent], None] | None = None) -> None:
         self.state_dir = state_dir
+        self.forward = forward
         state_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -39,6 +45,11 @@ class ProgressLog:
     def emit(self, event: ProgressEvent) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(event.model_dump_json() + "\n")
+        if self.forward is not None:
+            try:
+                self.forward(event)
+            except Exception as error:
+                print(f"flops: could not forward {event.kind} event: {error}", flush=True)
 
     def write_summary(self, summary: TrainingSummary) -> None:
         target = self.state_dir / SUMMARY_FILE

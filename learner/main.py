@@ -9,8 +9,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from flops.data.node_data import missing_tags
+from flops.events import Component, Event, EventName
+from flops.mqtt import publish_once
 from flops.net import free_port
 from flops.runtime_env import process_env
 from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
@@ -58,18 +61,38 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def report(node_name: str, event: EventName, error: str | None = None) -> None:
+    """Tell the manager (when there is one: FLOPS_PROJECT_ID and a broker are set)."""
+    project_id = os.environ.get("FLOPS_PROJECT_ID")
+    if project_id:
+        try:
+            publish_once(
+                Event(project_id=project_id, component=Component.LEARNER, event=event, error=error,
+                      payload={"node": node_name})
+            )  # fmt: skip
+        except OSError as failure:
+            print(f"flops-learner: could not publish {event.value}: {failure}", flush=True)
+
+
+def fail(node_name: str, message: str) -> NoReturn:
+    report(node_name, EventName.FAILED, message)
+    raise SystemExit(f"flops-learner {node_name}: {message}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     tags = [tag for tag in args.data_tags.split(",") if tag]
     if not args.data_dir.is_dir():
-        raise SystemExit(f"flops-learner: data directory {args.data_dir} does not exist")
+        fail(args.node_name, f"data directory {args.data_dir} does not exist")
     absent = missing_tags(args.data_dir, tags)
     if absent:
-        raise SystemExit(
-            f"flops-learner {args.node_name}: no data for tag(s) {', '.join(absent)} in "
-            f"{args.data_dir}; partition data there with `flops data partition` first"
+        fail(
+            args.node_name,
+            f"no data for tag(s) {', '.join(absent)} in {args.data_dir}; "
+            "partition data there with `flops data partition` first",
         )
     command = supernode_command(args)
+    report(args.node_name, EventName.JOINED)
     print(f"flops-learner {args.node_name}: joining {args.superlink}", flush=True)
     os.execve(command[0], command, process_env())
 

@@ -2,7 +2,7 @@
 
 import typer
 
-from flops.cli import data, train
+from flops.cli import data, projects, train
 
 app = typer.Typer(
     help="FLOps: federated learning as easy to run as a container.",
@@ -11,6 +11,15 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train_command)
+app.command("up")(projects.up_command)
+app.command("down")(projects.down_command)
+app.command("status")(projects.status_command)
+app.command("submit")(projects.submit_command)
+app.command("projects")(projects.projects_command)
+app.command("watch")(projects.watch_command)
+app.command("logs")(projects.logs_command)
+app.command("cancel")(projects.cancel_command)
+app.command("demo")(projects.demo_command)
 
 
 if __name__ == "__main__":

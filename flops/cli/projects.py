@@ -1,0 +1,244 @@
+"""`flops up/down/status/submit/projects/watch/logs/cancel/demo`: the manager from a terminal."""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flops import stack
+from flops.broker import BrokerError
+from flops.client import ManagerClient, ManagerError
+from flops.config import flops_home
+from flops.tracking_server import TrackingServerError
+
+console = Console(soft_wrap=True)
+FINAL = ("completed", "failed", "cancelled")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def up_command() -> None:
+    """Start the embedded stack in the background: broker, observatory, manager."""
+    try:
+        state = stack.up()
+    except (BrokerError, TrackingServerError, RuntimeError) as error:
+        raise fail(str(error)) from error
+    console.print(f"manager:     {state['manager_url']}")
+    console.print(f"MLflow UI:   {state['tracking_url']}")
+    console.print(f"MQTT broker: {state['mqtt']} (password-protected)")
+    console.print(f"admin token: {state['admin_token_file']} (or set FLOPS_TOKEN)")
+
+
+def down_command() -> None:
+    """Cancel active projects and stop the embedded stack."""
+    state = stack.read_state()
+    if state:
+        client = ManagerClient(state["manager_url"])
+        try:
+            active = [p for p in client.projects() if p["status"] not in FINAL]
+            for project in active:
+                client.cancel(project["project_id"])
+            deadline = time.monotonic() + 60
+            while active and time.monotonic() < deadline:
+                active = [p for p in client.projects() if p["status"] not in FINAL]
+                time.sleep(0.5)
+        except ManagerError:
+            pass
+    stopped = stack.down()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+def status_command() -> None:
+    """Show whether the embedded stack runs and where."""
+    state = stack.read_state()
+    if not state:
+        raise fail("the stack is not running: `flops up`")
+    table = Table(title="FLOps stack")
+    table.add_column("service")
+    table.add_column("state")
+    table.add_column("where")
+    running = stack.running_services()
+    where = {"manager": state["manager_url"], "observatory": state["tracking_url"], "broker": state["mqtt"]}
+    for name, alive in running.items():
+        table.add_row(name, "[green]running[/green]" if alive else "[red]stopped[/red]", where.get(name, ""))
+    console.print(table)
+    console.print(f"admin token: {state['admin_token_file']}")
+
+
+def submit_command(
+    sla_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="SLA as JSON or YAML"),
+    wait: bool = typer.Option(False, "--wait", help="watch the project until it ends"),
+) -> None:
+    """Submit a project SLA to the manager."""
+    client = ManagerClient()
+    try:
+        answer = client.submit(sla_file.read_text(encoding="utf-8"))
+    except ManagerError as error:
+        console.print(f"[red]refused:[/red] {error.message}")
+        if error.details:
+            console.print_json(json.dumps(error.details))
+        raise typer.Exit(2) from error
+    console.print(f"project [bold]{answer['project_id']}[/bold] submitted")
+    if wait:
+        raise typer.Exit(watch(client, answer["project_id"]))
+
+
+def projects_command(
+    status: str = typer.Option("", "--status", help="filter, e.g. training,completed"),
+) -> None:
+    """List projects."""
+    try:
+        projects = ManagerClient().projects(status or None)
+    except ManagerError as error:
+        raise fail(error.message) from error
+    table = Table(title="projects")
+    for column in ("id", "customer", "status", "rounds", "model", "created"):
+        table.add_column(column)
+    for project in projects:
+        model = project["model"]
+        table.add_row(
+            project["project_id"], project["customer_id"], project["status"], str(project["rounds_done"]),
+            f"{model['name']} v{model['version']}" if model.get("version") else model.get("name") or "",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(project["created_at"])),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _project_table(project: dict[str, Any]) -> Table:
+    table = Table(title=f"project {project['project_id']}: {project['status']}")
+    table.add_column("stage")
+    table.add_column("duration", justify="right")
+    for name, timing in project.get("stages", {}).items():
+        duration = timing.get("duration_s")
+        shown = (
+            f"{duration:.1f} s" if duration is not None else f"{time.time() - timing['started_at']:.0f} s…"
+        )
+        table.add_row(name, shown)
+    for report in project.get("rounds", []):
+        accuracy = report.get("accuracy")
+        loss = report.get("loss")
+        table.add_row(
+            f"  round {report['round']}",
+            f"acc {accuracy:.4f}  loss {loss:.4f}" if accuracy is not None and loss is not None else "-",
+        )
+    return table
+
+
+def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
+    """Show a project live until it ends; 0 when it completed."""
+    project = client.project(project_id)
+    with Live(_project_table(project), console=console, refresh_per_second=4) as live:
+        while project["status"] not in FINAL:
+            time.sleep(poll_s)
+            project = client.project(project_id)
+            live.update(_project_table(project))
+    print_summary(project)
+    return 0 if project["status"] == "completed" else 1
+
+
+def print_summary(project: dict[str, Any]) -> None:
+    if project["status"] != "completed":
+        error = project.get("error") or {}
+        console.print(
+            f"[red]{project['status']}[/red] at {error.get('stage', '?')}: {error.get('message', '')}"
+        )
+        return
+    rounds = project.get("rounds", [])
+    last = rounds[-1] if rounds else {}
+    console.print(f"[green]completed[/green]: accuracy {last.get('accuracy')}, loss {last.get('loss')}")
+    model = project.get("model", {})
+    if model.get("registered_uri"):
+        console.print(f"model:   {model['registered_uri']}")
+    tracking = project.get("tracking", {})
+    if tracking.get("run_url"):
+        console.print(f"MLflow:  {tracking['run_url']}")
+    if project.get("inference_url"):
+        console.print(
+            f"serving: curl -s {project['inference_url']} -H 'Content-Type: application/json' "
+            "-d '{\"inputs\": [[0.0, ... 64 pixel values / 16 ...]]}'"
+        )
+
+
+def watch_command(project_id: str = typer.Argument(...)) -> None:
+    """Follow a project's stages and rounds live."""
+    try:
+        raise typer.Exit(watch(ManagerClient(), project_id))
+    except ManagerError as error:
+        raise fail(error.message) from error
+
+
+def logs_command(
+    project_id: str = typer.Argument(...), component: str = typer.Argument("", help="e.g. aggregator")
+) -> None:
+    """Print the logs of a project's components."""
+    try:
+        logs = ManagerClient().logs(project_id, component or None)
+    except ManagerError as error:
+        raise fail(error.message) from error
+    for name, text in logs.items():
+        console.rule(name)
+        console.print(text, markup=False, highlight=False)
+
+
+def cancel_command(project_id: str = typer.Argument(...)) -> None:
+    """Cancel a project and tear down what it deployed."""
+    try:
+        answer = ManagerClient().cancel(project_id)
+    except ManagerError as error:
+        raise fail(error.message) from error
+    console.print(answer["message"])
+
+
+def demo_repository(target: Path) -> Path:
+    """A git repository with the digits-sklearn example, as a user would have one."""
+    source = Path(__file__).resolve().parents[2] / "examples" / "digits-sklearn"
+    if not source.is_dir():
+        raise fail(f"the example repository {source} is missing (run the demo from a FLOps checkout)")
+    if not (target / ".git").is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        git = ["git", "-C", str(target), "-c", "user.name=FLOps demo", "-c", "user.email=demo@flops.invalid"]
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+        subprocess.run([*git, "add", "."], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "digits-sklearn example"], check=True)
+    return target
+
+
+def demo_command(
+    rounds: int = typer.Option(3, "--rounds"), learners: int = typer.Option(2, "--learners")
+) -> None:
+    """Start the stack, make node data, train digits-sklearn federatedly and serve the model."""
+    started = time.monotonic()
+    up_command()
+    client = ManagerClient(stack.read_state()["manager_url"])
+    try:
+        nodes = client.mocks("digits", learners, "digits")
+        console.print(f"node data: {nodes}")
+        repo = demo_repository(flops_home() / "demo" / "digits-sklearn")
+        sla = {
+            "customerID": "Admin",
+            "ml_repo_url": str(repo),
+            "ml_model_flavor": "sklearn",
+            "project_name": "digits-demo",
+            "training_configuration": {
+                "data_tags": ["digits"], "training_rounds": rounds, "min_available_clients": learners,
+                "min_fit_clients": learners, "min_evaluate_clients": learners,
+            },
+            "post_training_steps": ["deploy_trained_model_image"],
+        }  # fmt: skip
+        project_id = client.submit(sla)["project_id"]
+        console.print(f"project [bold]{project_id}[/bold] submitted; MLflow UI: {client.tracking()}")
+        code = watch(client, project_id)
+    except ManagerError as error:
+        raise fail(error.message) from error
+    console.print(f"demo wall time: {time.monotonic() - started:.1f} s; stop everything with `flops down`")
+    raise typer.Exit(code)

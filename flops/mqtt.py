@@ -1,0 +1,135 @@
+"""MQTT connections for FLOps components (paho-mqtt), configured from the environment.
+
+`FLOPS_MQTT_HOST` / `FLOPS_MQTT_PORT`, credentials from `FLOPS_MQTT_USERNAME` and
+`FLOPS_MQTT_PASSWORD` or `FLOPS_MQTT_PASSWORD_FILE`, TLS with `FLOPS_MQTT_CA_FILE`.
+No defaults for credentials: an unauthenticated broker is only for loopback.
+"""
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel
+
+from flops.events import Event
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class MqttSettings(BaseModel):
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "MqttSettings | None":
+        """Settings from the environment, or None when no broker is configured."""
+        host = os.environ.get("FLOPS_MQTT_HOST")
+        if not host:
+            return None
+        password = os.environ.get("FLOPS_MQTT_PASSWORD")
+        password_file = os.environ.get("FLOPS_MQTT_PASSWORD_FILE")
+        if not password and password_file:
+            password = Path(password_file).read_text(encoding="utf-8").strip()
+        return cls(
+            host=host,
+            port=int(os.environ.get("FLOPS_MQTT_PORT", "1883")),
+            username=os.environ.get("FLOPS_MQTT_USERNAME") or None,
+            password=password or None,
+            ca_file=os.environ.get("FLOPS_MQTT_CA_FILE") or None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment that gives a child process these settings (password via file only)."""
+        values = {"FLOPS_MQTT_HOST": self.host, "FLOPS_MQTT_PORT": str(self.port)}
+        if self.username:
+            values["FLOPS_MQTT_USERNAME"] = self.username
+        if self.ca_file:
+            values["FLOPS_MQTT_CA_FILE"] = self.ca_file
+        password_file = os.environ.get("FLOPS_MQTT_PASSWORD_FILE")
+        if password_file:
+            values["FLOPS_MQTT_PASSWORD_FILE"] = password_file
+        elif self.password:
+            values["FLOPS_MQTT_PASSWORD"] = self.password
+        return values
+
+
+def make_client(settings: MqttSettings, client_id: str = "", persistent: bool = False) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=not persistent,
+        protocol=mqtt.MQTTv311,
+    )
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.ca_file:
+        client.tls_set(ca_certs=settings.ca_file)
+    return client
+
+
+class EventPublisher:
+    """Publishes events with QoS 1 and waits until the broker has them."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.settings = settings
+        self._client = make_client(settings)
+        self._client.connect(settings.host, settings.port, keepalive=30)
+        self._client.loop_start()
+
+    def publish(self, event: Event) -> None:
+        info = self._client.publish(event.topic, event.model_dump_json(), qos=1)
+        info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def publish_once(event: Event, settings: MqttSettings | None = None) -> bool:
+    """Publish one event if a broker is configured; whether it was published."""
+    settings = settings or MqttSettings.from_env()
+    if settings is None:
+        return False
+    publisher = EventPublisher(settings)
+    try:
+        publisher.publish(event)
+    finally:
+        publisher.close()
+    return True
+
+
+class EventSubscriber:
+    """A persistent-session subscriber: events published while it was away still arrive."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        topic_filter: str,
+        on_message: Callable[[str, bytes], None],
+    ) -> None:
+        self.connected = threading.Event()
+        self._client = make_client(settings, client_id=client_id, persistent=True)
+        self._topic_filter = topic_filter
+        self._on_message = on_message
+        self._client.on_connect = self._handle_connect
+        self._client.on_message = lambda _c, _u, message: self._on_message(message.topic, message.payload)
+        self._client.connect(settings.host, settings.port, keepalive=30)
+        self._client.loop_start()
+
+    def _handle_connect(
+        self, client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object = None
+    ) -> None:
+        if not getattr(reason, "is_failure", False):
+            client.subscribe(self._topic_filter, qos=1)
+            self.connected.set()
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

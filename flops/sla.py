@@ -1,0 +1,161 @@
+"""The project SLA: one document that says what to train, where, and what to do after.
+
+Field names follow FLOps so its SLAs work unchanged; our additions are optional. Anything
+unknown, mistyped or impossible is refused with the field's path and a reason.
+"""
+
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from flops.training import ModelFlavor, StrategyConfig
+
+Platform = Literal["linux/amd64", "linux/arm64"]
+
+
+class SLAError(ValueError):
+    """The SLA is invalid; `details` lists each problem with its field path."""
+
+    def __init__(self, message: str, details: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class TrainingMode(StrEnum):
+    CLASSIC = "classic"
+    HIERARCHICAL = "hierarchical"
+
+
+class PostTrainingStep(StrEnum):
+    BUILD_IMAGE = "build_image_for_trained_model"
+    DEPLOY_IMAGE = "deploy_trained_model_image"
+
+
+class Backend(StrEnum):
+    LOCAL = "local"
+    DOCKER = "docker"
+    OAKESTRA = "oakestra"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TrainingConfiguration(Strict):
+    mode: TrainingMode = TrainingMode.CLASSIC
+    data_tags: list[str] = Field(default_factory=list)
+    training_rounds: int = Field(default=3, ge=1, le=10_000)
+    training_cycles: int = Field(default=1, ge=1, le=1_000)
+    min_available_clients: int = Field(default=1, ge=1)
+    min_fit_clients: int = Field(default=1, ge=1)
+    min_evaluate_clients: int = Field(default=1, ge=1)
+
+    @field_validator("data_tags")
+    @classmethod
+    def _plain_tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not tag or "/" in tag or tag.startswith(".") or len(tag) > 64:
+                raise ValueError(f"data tag '{tag}' must be a plain folder name")
+        return tags
+
+    @model_validator(mode="after")
+    def _minimums_fit(self) -> "TrainingConfiguration":
+        for field in ("min_fit_clients", "min_evaluate_clients"):
+            if getattr(self, field) > self.min_available_clients:
+                raise ValueError(
+                    f"{field} ({getattr(self, field)}) exceeds min_available_clients "
+                    f"({self.min_available_clients})"
+                )
+        if self.mode is TrainingMode.HIERARCHICAL:
+            raise ValueError("hierarchical mode is not available yet: use mode 'classic'")
+        return self
+
+
+class ResourceConstraints(Strict):
+    memory: int = Field(default=100, ge=1, description="MB per FL actor")
+    vcpus: float = Field(default=1, gt=0)
+    storage: int = Field(default=0, ge=0)
+
+
+class ProjectSLA(Strict):
+    """What a user POSTs to start a project."""
+
+    customer_id: str = Field(
+        default="Admin",
+        validation_alias=AliasChoices("customerID", "customer_id"),
+        serialization_alias="customerID",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    )
+    verbose: bool = False
+    use_devel_base_images: bool = False
+    supported_platforms: list[Platform] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)
+    ml_model_flavor: ModelFlavor
+    ml_repo_url: str = Field(min_length=1)
+    training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
+    resource_constraints: ResourceConstraints = Field(default_factory=ResourceConstraints)
+    post_training_steps: list[PostTrainingStep] = Field(default_factory=list)
+    # Ours, all optional:
+    ml_repo_ref: str | None = Field(default=None, description="branch, tag or commit")
+    project_name: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    hyperparameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    backend: Backend = Backend.LOCAL
+    best_model_metric: Literal["accuracy", "loss"] = "accuracy"
+    learner_wait_timeout: float = Field(default=300.0, gt=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _deploy_needs_image(self) -> "ProjectSLA":
+        steps = self.post_training_steps
+        if PostTrainingStep.DEPLOY_IMAGE in steps and self.backend is not Backend.LOCAL:
+            if PostTrainingStep.BUILD_IMAGE not in steps:
+                raise ValueError("deploy_trained_model_image needs build_image_for_trained_model too")
+        return self
+
+
+def parse_sla(document: str | bytes | dict[str, Any]) -> ProjectSLA:
+    """Parse a JSON or YAML SLA (or an already decoded mapping), naming every problem."""
+    if isinstance(document, dict):
+        data: Any = document
+    else:
+        text = document.decode("utf-8") if isinstance(document, bytes) else document
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                raise SLAError(
+                    "the SLA is neither valid JSON nor YAML", [{"field": "", "reason": str(error)}]
+                ) from error
+    if not isinstance(data, dict):
+        raise SLAError("the SLA must be a JSON object", [{"field": "", "reason": "not an object"}])
+    try:
+        return ProjectSLA.model_validate(data)
+    except ValidationError as error:
+        details = [
+            {"field": ".".join(str(p) for p in problem["loc"]) or "(root)", "reason": _reason(problem)}
+            for problem in error.errors(include_url=False)
+        ]
+        listing = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
+        raise SLAError(f"invalid SLA: {listing}", details) from error
+
+
+def _reason(problem: Any) -> str:
+    if problem["type"] == "extra_forbidden":
+        return "unknown field (check its spelling against the SLA reference in docs/sla.md)"
+    if problem["type"] == "missing":
+        return "required field is missing"
+    return str(problem["msg"]).removeprefix("Value error, ")

@@ -1,0 +1,1 @@
+"""FLOps manager: REST API, project store, event listener, lifecycle and orchestrator backends."""

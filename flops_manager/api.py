@@ -1,0 +1,306 @@
+"""The manager's REST API (Flask): projects, tracking, mock data, tokens, OpenAPI.
+
+FLOps's paths, with and without the trailing slash. Every error is JSON
+`{"message": ..., "details": ...}` with the right status; every route but health and the
+OpenAPI document needs `Authorization: Bearer <token>`.
+"""
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from flops.data.partition import BUNDLED_DATASETS, Scheme, partition
+from flops.ml_repo.contract import ContractError, validate_repository
+from flops.ml_repo.source import RepositoryError, fetch_repository
+from flops.sla import Backend, ProjectSLA, SLAError, parse_sla
+from flops_manager.auth import AuthError, Principal, TokenService, can_access
+from flops_manager.lifecycle import Controller
+from flops_manager.models import Project, ProjectStatus
+from flops_manager.nodes import PlacementError, discover_nodes, place_learners
+from flops_manager.openapi import openapi_document
+
+MAX_BODY_BYTES = 1024 * 1024
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+class MockDataConfiguration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_name: str
+    number_of_partitions: int = Field(ge=1, le=1000)
+    data_tag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    scheme: Scheme = Scheme.IID
+    alpha: float = Field(default=0.5, gt=0)
+    seed: int = 42
+
+
+class MockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    customer_id: str = Field(default="Admin", alias="customerID")
+    mock_data_configuration: MockDataConfiguration
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def create_app(controller: Controller, tokens: TokenService) -> Flask:
+    app = Flask("flops_manager")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.url_map.strict_slashes = False
+    store = controller.store
+    settings = controller.settings
+
+    def authenticated(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                g.principal = tokens.authenticate(request.headers.get("Authorization"))
+            except AuthError as error:
+                raise ApiError(error.status, error.message) from error
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def admin_only() -> None:
+        if not g.principal.is_admin:
+            raise ApiError(403, "this call needs the admin token")
+
+    def visible_project(project_id: str) -> Project:
+        project = store.get(project_id)
+        principal: Principal = g.principal
+        if project is None or not can_access(principal, project.customer_id):
+            raise ApiError(404, f"no project {project_id}")
+        return project
+
+    def json_body() -> Any:
+        raw = request.get_data(cache=False)
+        if not raw:
+            raise ApiError(400, "the request needs a JSON (or YAML) body")
+        return raw
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> tuple[Response, int]:
+        return jsonify({"message": error.message, "details": error.details}), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        return jsonify({"message": error.description, "details": None}), error.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int]:
+        app.logger.exception("unexpected error")
+        return jsonify({"message": "internal error", "details": type(error).__name__}), 500
+
+    @app.get("/")
+    def health() -> Response:
+        return jsonify({"message": "ok"})
+
+    @app.get("/api/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
+    @app.post("/api/flops/projects")
+    @authenticated
+    def submit_project() -> tuple[Response, int]:
+        try:
+            sla = parse_sla(json_body())
+        except SLAError as error:
+            raise ApiError(422, str(error), error.details) from error
+        principal: Principal = g.principal
+        customer = sla.customer_id
+        if not principal.is_admin and customer != principal.customer_id:
+            if customer != "Admin":  # FLOps's default customer means "me"
+                raise ApiError(403, f"your token belongs to customer {principal.customer_id}, not {customer}")
+            customer = principal.customer_id
+        check_submission(sla)
+        project = controller.submit(sla, customer)
+        location = f"/api/flops/projects/{project.project_id}"
+        response = jsonify({"project_id": project.project_id, "status_url": location})
+        response.headers["Location"] = location
+        return response, 201
+
+    def check_submission(sla: ProjectSLA) -> None:
+        """Refuse what cannot work before anything is deployed."""
+        if sla.backend.value not in controller.orchestrators:
+            raise ApiError(
+                422,
+                f"backend '{sla.backend.value}' is not configured on this manager",
+                {"available": sorted(controller.orchestrators)},
+            )
+        try:
+            fetched = fetch_repository(sla.ml_repo_url, sla.ml_repo_ref, settings.home / "repos")
+            validate_repository(fetched.path)
+        except RepositoryError as error:
+            raise ApiError(422, str(error), {"field": "ml_repo_url"}) from error
+        except ContractError as error:
+            raise ApiError(422, str(error).splitlines()[0], {"problems": error.problems}) from error
+        if sla.backend is Backend.LOCAL:
+            config = sla.training_configuration
+            try:
+                place_learners(
+                    discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients
+                )
+            except PlacementError as error:
+                raise ApiError(422, str(error), {"field": "training_configuration.data_tags"}) from error
+
+    @app.get("/api/flops/projects")
+    @authenticated
+    def list_projects() -> Response:
+        statuses = [s for s in request.args.getlist("status") for s in s.split(",") if s]
+        try:
+            wanted = [ProjectStatus(s) for s in statuses] or None
+        except ValueError as error:
+            raise ApiError(
+                400, f"unknown status filter: {error}", {"allowed": [s.value for s in ProjectStatus]}
+            ) from error
+        principal: Principal = g.principal
+        customer = None if principal.is_admin else principal.customer_id
+        return jsonify([project_view(p) for p in store.list(customer, wanted)])
+
+    @app.get("/api/flops/projects/<project_id>")
+    @authenticated
+    def get_project(project_id: str) -> Response:
+        return jsonify(project_view(visible_project(project_id), full=True))
+
+    @app.get("/api/flops/projects/<project_id>/events")
+    @authenticated
+    def project_events(project_id: str) -> Response:
+        return jsonify([e.model_dump(mode="json") for e in visible_project(project_id).events])
+
+    @app.get("/api/flops/projects/<project_id>/logs")
+    @authenticated
+    def project_logs(project_id: str) -> Response:
+        project = visible_project(project_id)
+        component = request.args.get("component")
+        tail = min(int(request.args.get("tail", "200")), 5000)
+        names = [component] if component else controller.components(project)
+        unknown = [n for n in names if n not in controller.components(project)]
+        if unknown:
+            raise ApiError(404, f"no component {unknown[0]}", {"components": controller.components(project)})
+        return jsonify({name: controller.service_logs(project, name, tail) for name in names})
+
+    @app.delete("/api/flops/projects/<project_id>")
+    @authenticated
+    def cancel_project(project_id: str) -> tuple[Response, int]:
+        project = visible_project(project_id)
+        if project.active:
+            controller.cancel(project_id)
+            return jsonify({"project_id": project_id, "message": "cancelling"}), 202
+        controller.stop_inference(project_id)
+        return jsonify({"project_id": project_id, "message": f"project already {project.status.value}"}), 200
+
+    @app.get("/api/flops/tracking")
+    @authenticated
+    def tracking() -> Response:
+        return jsonify({"tracking_server_url": settings.tracking_uri})
+
+    @app.post("/api/flops/mocks")
+    @authenticated
+    def mocks() -> tuple[Response, int]:
+        try:
+            body = MockRequest.model_validate_json(json_body())
+        except ValidationError as error:
+            raise ApiError(422, "invalid mock data request", error.errors(include_url=False)) from error
+        config = body.mock_data_configuration
+        if config.dataset_name not in BUNDLED_DATASETS:
+            raise ApiError(
+                422, f"unknown dataset '{config.dataset_name}'", {"available": list(BUNDLED_DATASETS)}
+            )
+        histogram = partition(
+            config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
+            config.scheme, config.alpha, config.seed,
+        )  # fmt: skip
+        return jsonify({node: sum(counts.values()) for node, counts in histogram.items()}), 201
+
+    @app.post("/api/flops/tokens")
+    @authenticated
+    def create_token() -> tuple[Response, int]:
+        admin_only()
+        try:
+            body = TokenRequest.model_validate_json(json_body())
+        except ValidationError as error:
+            raise ApiError(422, "invalid token request", error.errors(include_url=False)) from error
+        return jsonify(
+            {"customer_id": body.customer_id, "token": tokens.create_customer_token(body.customer_id)}
+        ), 201
+
+    @app.delete("/api/flops/database")
+    @authenticated
+    def reset_database() -> Response:
+        admin_only()
+        if store.active():
+            raise ApiError(409, "projects are still active: cancel them first")
+        store.delete_all()
+        return jsonify({"message": "database reset"})
+
+    return app
+
+
+def project_view(project: Project, full: bool = False) -> dict[str, Any]:
+    """What the API shows of a project: state, timings, rounds, links; no internals."""
+    view: dict[str, Any] = {
+        "project_id": project.project_id,
+        "customer_id": project.customer_id,
+        "status": project.status.value,
+        "created_at": project.created_at,
+        "updated_at": project.updated_at,
+        "rounds_done": len(project.rounds),
+        "error": project.error.model_dump() if project.error else None,
+        "model": {"name": project.model_name, "version": project.model_version},
+    }
+    if not full:
+        return view
+    training = project.training
+    view.update(
+        {
+            "sla": project.sla,
+            "stages": {
+                name: {"started_at": t.started_at, "ended_at": t.ended_at, "duration_s": t.duration_s}
+                for name, t in project.stages.items()
+            },
+            "rounds": [r.model_dump(mode="json") for r in project.rounds],
+            "tracking": {
+                "url": project.tracking_url,
+                "experiment_id": training.experiment_id if training else None,
+                "run_id": training.parent_run_id if training else None,
+                "experiment_url": (
+                    f"{project.tracking_url}/#/experiments/{training.experiment_id}"
+                    if training and training.experiment_id else None
+                ),
+                "run_url": (
+                    f"{project.tracking_url}/#/experiments/{training.experiment_id}/runs/{training.parent_run_id}"
+                    if training and training.parent_run_id else None
+                ),
+            },
+            "model": {
+                "name": project.model_name,
+                "version": project.model_version,
+                "uri": training.model_uri if training else None,
+                "registered_uri": (
+                    f"models:/{project.model_name}/{project.model_version}" if project.model_version else None
+                ),
+            },
+            "build": project.build.model_dump(mode="json") if project.build else None,
+            "inference_url": project.inference_url,
+            "image_refs": project.image_refs,
+            "components": sorted({h.name for h in project.deployment}),
+        }
+    )  # fmt: skip
+    return view

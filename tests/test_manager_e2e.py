@@ -1,0 +1,236 @@
+"""The manager end to end over HTTP: real Mosquitto, MLflow, git repositories and FL processes."""
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from flops.broker import MQTT_USER, start_broker
+from flops.net import free_port, http_ok, wait_until
+from flops.processes import ManagedProcess
+from tests.conftest import BIN, EXAMPLES, flower_processes
+
+pytestmark = pytest.mark.slow
+FINAL = ("completed", "failed", "cancelled")
+
+
+def make_git_repo(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(target), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    return target
+
+
+class Manager:
+    """A real manager process with its broker; restartable."""
+
+    def __init__(self, home: Path, tracking: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = "flops_" + secrets.token_urlsafe(24)
+        broker_port = free_port()
+        self.broker, password_file = start_broker(home / "broker", broker_port)
+        self.env = {
+            "FLOPS_HOME": str(home),
+            "FLOPS_MQTT_HOST": "127.0.0.1",
+            "FLOPS_MQTT_PORT": str(broker_port),
+            "FLOPS_MQTT_USERNAME": MQTT_USER,
+            "FLOPS_MQTT_PASSWORD_FILE": str(password_file),
+            "FLOPS_TRACKING_URI": tracking,
+            "FLOPS_MANAGER_PORT": str(self.port),
+            "FLOPS_ADMIN_TOKEN": self.admin_token,
+            "FLOPS_RECONCILE_INTERVAL": "0.5",
+        }
+        self.process: ManagedProcess | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = ManagedProcess("manager", [str(BIN / "flops-manager")], self.home / "manager.log", env=self.env)
+        assert wait_until(lambda: http_ok(self.url + "/") or not self.process.running(), 60), self.log()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)  # the manager alone, not its FL actors
+        self.process.wait(10)
+
+    def log(self) -> str:
+        return (self.home / "manager.log").read_text(errors="replace")[-4000:]
+
+    def call(self, method: str, path: str, token: str | None = "admin", **kwargs: Any) -> requests.Response:
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {self.admin_token if token == 'admin' else token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def wait_for(self, project_id: str, statuses: tuple[str, ...], timeout: float = 400) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            project = self.call("GET", f"/api/flops/projects/{project_id}").json()
+            if project["status"] in statuses:
+                return project
+            time.sleep(0.5)
+        raise AssertionError(f"{project_id} stuck at {project['status']}:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.broker.stop()
+
+
+@pytest.fixture(scope="module")
+def manager(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
+    home = tmp_path_factory.mktemp("manager-home")
+    instance = Manager(home, mlflow_server)
+    try:
+        answer = instance.call("POST", "/api/flops/mocks", json={
+            "customerID": "Admin",
+            "mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"},
+        })  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="module")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+
+
+def sla(repo: Path, rounds: int = 3, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "customerID": "Admin",
+        "ml_repo_url": str(repo),
+        "ml_model_flavor": "sklearn",
+        "training_configuration": {
+            "data_tags": ["digits"], "training_rounds": rounds,
+            "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2,
+        },
+    }  # fmt: skip
+    document.update(extra)
+    return document
+
+
+def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, digits_repo: Path) -> None:
+    submitted = time.monotonic()
+    answer = manager.call(
+        "POST", "/api/flops/projects/", json=sla(digits_repo, post_training_steps=["deploy_trained_model_image"])
+    )
+    assert answer.status_code == 201, answer.text
+    project_id = answer.json()["project_id"]
+    assert answer.json()["status_url"] == f"/api/flops/projects/{project_id}"
+    project = manager.wait_for(project_id, FINAL)
+    assert project["status"] == "completed", (project["error"], manager.log())
+    assert [r["round"] for r in project["rounds"]] == [1, 2, 3]
+    assert all(r["accuracy"] is not None and r["loss"] is not None for r in project["rounds"])
+    assert project["rounds"][-1]["accuracy"] > 0.85
+    for stage in ("submitted", "building", "deploying", "training", "post_training", "completed"):
+        assert stage in project["stages"], project["stages"]
+    assert project["stages"]["training"]["duration_s"] > 0
+    assert project["tracking"]["run_url"].startswith(manager.env["FLOPS_TRACKING_URI"])
+    assert project["model"]["registered_uri"].startswith("models:/digits-sklearn/")
+    assert project["build"]["reused"] is False and len(project["build"]["commit"]) == 40
+    assert "aggregator" in manager.call("GET", f"/api/flops/projects/{project_id}/logs").json()
+    prediction = requests.post(
+        project["inference_url"], json={"inputs": [[0.0] * 64, [0.5] * 64]}, timeout=30
+    )
+    assert prediction.status_code == 200, prediction.text
+    assert len(prediction.json()["predictions"]) == 2
+    print(f"first project: POST to completed {time.monotonic() - submitted:.1f} s")
+
+    again = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, rounds=1))
+    second = manager.wait_for(again.json()["project_id"], FINAL)
+    assert second["status"] == "completed", second["error"]
+    assert second["build"]["reused"] is True and second["build"]["commit"] == project["build"]["commit"]
+    events = manager.call("GET", f"/api/flops/projects/{second['project_id']}/events").json()
+    assert any(e["component"] == "builder" and e["event"] == "succeeded" for e in events)
+    assert manager.call("DELETE", f"/api/flops/projects/{project_id}").status_code == 200  # stops the server
+    assert wait_until(lambda: not http_ok(project["inference_url"].replace("/invocations", "/ping")), 15)
+
+
+def test_manager_restart_during_training_loses_nothing(manager: Manager, digits_repo: Path) -> None:
+    project_id = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, rounds=3)).json()["project_id"]
+    manager.wait_for(project_id, ("training",))
+    manager.kill()
+    time.sleep(3)
+    manager.start()
+    project = manager.wait_for(project_id, FINAL)
+    assert project["status"] == "completed", (project["error"], manager.log())
+    assert [r["round"] for r in project["rounds"]] == [1, 2, 3]
+    assert project["model"]["version"]
+
+
+def test_cancel_during_training_leaves_no_process(manager: Manager, digits_repo: Path) -> None:
+    before = flower_processes()
+    project_id = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, rounds=20)).json()["project_id"]
+    manager.wait_for(project_id, ("training",))
+    assert manager.call("DELETE", f"/api/flops/projects/{project_id}").status_code == 202
+    project = manager.wait_for(project_id, FINAL, timeout=60)
+    assert project["status"] == "cancelled"
+    assert wait_until(lambda: not (flower_processes() - before), 20), flower_processes() - before
+
+
+def test_bad_requests_get_clear_4xx_and_deploy_nothing(manager: Manager, digits_repo: Path, tmp_path: Path) -> None:
+    count = len(manager.call("GET", "/api/flops/projects").json())
+    missing = manager.call("POST", "/api/flops/projects", json={"customerID": "Admin", "ml_model_flavor": "sklearn"})
+    assert missing.status_code == 422 and missing.json()["details"][0]["field"] == "ml_repo_url"
+    unknown = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, ml_repo_branch="x"))
+    assert unknown.status_code == 422 and "ml_repo_branch" in unknown.json()["message"]
+    wrong = sla(digits_repo)
+    wrong["training_configuration"]["training_rounds"] = "many"
+    wrong_answer = manager.call("POST", "/api/flops/projects", json=wrong)
+    assert wrong_answer.status_code == 422
+    assert wrong_answer.json()["details"][0]["field"] == "training_configuration.training_rounds"
+    impossible = sla(digits_repo)
+    impossible["training_configuration"]["min_fit_clients"] = 5
+    assert manager.call("POST", "/api/flops/projects", json=impossible).status_code == 422
+    unreachable = manager.call("POST", "/api/flops/projects", json=sla(tmp_path / "nowhere.git"))
+    assert unreachable.status_code == 422 and "cannot fetch" in unreachable.json()["message"]
+    no_contract = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path / "broken")
+    (no_contract / "model_manager.py").unlink()
+    subprocess.run(["git", "-C", str(no_contract), "-c", "user.name=t", "-c", "user.email=t@e.invalid",
+                    "commit", "-qam", "drop"], check=True)  # fmt: skip
+    contract = manager.call("POST", "/api/flops/projects", json=sla(no_contract))
+    assert contract.status_code == 422 and "model_manager.py" in str(contract.json()["details"])
+    no_data = sla(digits_repo)
+    no_data["training_configuration"]["data_tags"] = ["mnist"]
+    assert "mocks" in manager.call("POST", "/api/flops/projects", json=no_data).json()["message"]
+    assert manager.call("POST", "/api/flops/projects", token=None, json=sla(digits_repo)).status_code == 401
+    assert manager.call("POST", "/api/flops/projects", token="flops_forged", json=sla(digits_repo)).status_code == 401
+    not_json = manager.call("POST", "/api/flops/projects", data=b"{not json", headers={})
+    assert not_json.status_code in (400, 422) and "message" in not_json.json()
+    assert len(manager.call("GET", "/api/flops/projects").json()) == count
+
+
+def test_customers_see_only_their_own_projects(manager: Manager, digits_repo: Path) -> None:
+    alice = manager.call("POST", "/api/flops/tokens", json={"customer_id": "alice"}).json()["token"]
+    bob = manager.call("POST", "/api/flops/tokens", json={"customer_id": "bob"}).json()["token"]
+    assert manager.call("POST", "/api/flops/tokens", token=bob, json={"customer_id": "eve"}).status_code == 403
+    mine = manager.call("POST", "/api/flops/projects", token=alice, json=sla(digits_repo, rounds=1, customerID="alice"))
+    assert mine.status_code == 201, mine.text
+    project_id = mine.json()["project_id"]
+    assert manager.call("GET", f"/api/flops/projects/{project_id}", token=bob).status_code == 404
+    assert manager.call("DELETE", f"/api/flops/projects/{project_id}", token=bob).status_code == 404
+    assert project_id not in [p["project_id"] for p in manager.call("GET", "/api/flops/projects", token=bob).json()]
+    as_bob = manager.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, customerID="alice"))
+    assert as_bob.status_code == 403
+    assert manager.wait_for(project_id, FINAL)["status"] == "completed"
+
+
+def test_openapi_and_tracking(manager: Manager) -> None:
+    document = manager.call("GET", "/api/openapi.json", token=None).json()
+    assert "ProjectSLA" in document["components"]["schemas"]
+    assert "/api/flops/projects" in document["paths"]
+    tracking = manager.call("GET", "/api/flops/tracking").json()
+    assert tracking["tracking_server_url"] == manager.env["FLOPS_TRACKING_URI"]
