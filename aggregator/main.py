@@ -7,7 +7,6 @@ process group, so whoever stops the aggregator's group stops Flower's processes 
 import argparse
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from types import FrameType
 from aggregator.server_app import STATE_DIR_ENV, TRACKING_URI_ENV
 from flops.app_bundle import build_app_dir
 from flops.ml_repo.contract import ContractError, validate_repository
-from flops.net import free_port, wait_until
+from flops.net import free_port, port_open, wait_until
 from flops.processes import ManagedProcess
 from flops.progress import read_summary
 from flops.runtime_env import process_env
@@ -56,12 +55,6 @@ def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
         f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n',
         encoding="utf-8",
     )
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def superlink_command(args: argparse.Namespace, port: int) -> list[str]:

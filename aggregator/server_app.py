@@ -342,6 +342,6 @@ def _finish(session: TrainingSession | None, progress: ProgressLog, summary: Tra
         ProgressEvent(
             kind="finished",
             message=summary.error or summary.status,
-            data={"status": summary.status},
+            data={"status": summary.status, "summary": summary.model_dump(mode="json")},
         )
     )

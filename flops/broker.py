@@ -4,11 +4,13 @@ No anonymous access even on one machine: `flops up` makes a random password, kee
 0600 file, and hands components the file's path, never the password on a command line.
 """
 
+import getpass
 import secrets
 import shutil
 import subprocess
 from pathlib import Path
 
+from flops.net import port_open, wait_until
 from flops.processes import ManagedProcess
 
 MQTT_USER = "flops"
@@ -46,6 +48,9 @@ def write_broker_config(directory: Path, port: int) -> tuple[Path, Path]:
         "\n".join(
             [
                 f"listener {port} 127.0.0.1",
+                # Keep the starting user: Mosquitto started as root would otherwise switch to
+                # `mosquitto`, which cannot read FLOps's private (0600) files.
+                f"user {getpass.getuser()}",
                 "allow_anonymous false",
                 f"password_file {passwd_db}",
                 "persistence false",
@@ -68,4 +73,8 @@ def start_broker(directory: Path, port: int) -> tuple[ManagedProcess, Path]:
         )
     config, password_file = write_broker_config(directory, port)
     process = ManagedProcess("broker", [binary, "-c", str(config)], directory / "broker.log")
+    started = wait_until(lambda: port_open("127.0.0.1", port) or not process.running(), 15, 0.1)
+    if not started or not process.running():
+        process.stop()
+        raise BrokerError(f"Mosquitto did not start on 127.0.0.1:{port}:\n{process.log_tail()}")
     return process, password_file

@@ -73,16 +73,29 @@ def make_client(settings: MqttSettings, client_id: str = "", persistent: bool = 
     return client
 
 
+class MqttUnavailable(ConnectionError):
+    """The broker did not accept a connection in time."""
+
+
 class EventPublisher:
-    """Publishes events with QoS 1 and waits until the broker has them."""
+    """Publishes events with QoS 1 and waits until the broker has them.
+
+    Connects in the background and reconnects by itself, so a broker that starts a moment
+    later or restarts does not lose the component's events.
+    """
 
     def __init__(self, settings: MqttSettings) -> None:
         self.settings = settings
+        self._connected = threading.Event()
         self._client = make_client(settings)
-        self._client.connect(settings.host, settings.port, keepalive=30)
+        self._client.on_connect = lambda *_args: self._connected.set()
+        self._client.on_disconnect = lambda *_args: self._connected.clear()
+        self._client.connect_async(settings.host, settings.port, keepalive=30)
         self._client.loop_start()
 
     def publish(self, event: Event) -> None:
+        if not self._connected.wait(PUBLISH_TIMEOUT_S):
+            raise MqttUnavailable(f"no MQTT broker at {self.settings.host}:{self.settings.port}")
         info = self._client.publish(event.topic, event.model_dump_json(), qos=1)
         info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
 

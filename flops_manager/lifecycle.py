@@ -133,10 +133,18 @@ class Controller:
         elif key == (Component.AGGREGATOR, EventName.STARTED):
             self.store.transition(project.project_id, ProjectStatus.TRAINING)
         elif key in ((Component.AGGREGATOR, EventName.SUCCEEDED), (Component.AGGREGATOR, EventName.FAILED)):
-            summary_data = event.payload.get("summary") or {
-                "status": "failed", "project_id": project.project_id, "error": event.error,
-            }  # fmt: skip
-            self._training_finished(project.project_id, TrainingSummary.model_validate(summary_data))
+            summary = self._summary_of(project.project_id, event)
+            self._training_finished(project.project_id, summary)
+
+    def _summary_of(self, project_id: str, event: Event) -> TrainingSummary:
+        """The training summary an aggregator event carries, else the one it wrote to disk."""
+        if "summary" in event.payload:
+            return TrainingSummary.model_validate(event.payload["summary"])
+        on_disk = read_summary(self._run_dir(project_id) / "aggregator")
+        if on_disk is not None:
+            return on_disk
+        status = "completed" if event.event is EventName.SUCCEEDED else "failed"
+        return TrainingSummary(status=status, project_id=project_id, error=event.error)
 
     # ---------------------------------------------------------------- reconcile
     def run(self, stop: threading.Event) -> None:

@@ -76,10 +76,10 @@ class PlatformPins:
                 req.marker.evaluate({"extra": extra}) for extra in PLATFORM_EXTRAS
             ):
                 continue
-            name = canonicalize_name(req.name)
+            name = str(canonicalize_name(req.name))
             specs.setdefault(name, f"{name}{req.specifier}")
         specs.setdefault("torch", "torch")
-        installed = {}
+        installed: dict[str, str] = {}
         for name in specs:
             try:
                 installed[name] = importlib.metadata.version(name)
@@ -137,9 +137,7 @@ def read_dependencies(repo: Path, pins: PlatformPins | None = None) -> Dependenc
     else:
         entries = _read_conda(source, repo, warnings)
     requirements = {
-        fitted
-        for entry in entries
-        if (fitted := _fit_to_platform(entry, pins, warnings)) is not None
+        fitted for entry in entries if (fitted := _fit_to_platform(entry, pins, warnings)) is not None
     }
     return Dependencies(source=source, requirements=sorted(requirements), warnings=warnings)
 
@@ -205,7 +203,9 @@ def _pip_line(
             warnings.append(f"{where}: {option} ignored: the platform's package index settings are used")
             return []
         if option in ("-e", "--editable"):
-            raise DependencyError(f"{where}: editable installs ({line}) are not supported; list packages instead")
+            raise DependencyError(
+                f"{where}: editable installs ({line}) are not supported; list packages instead"
+            )
         raise DependencyError(f"{where}: unsupported pip option {option}")
     # Per-requirement hashes cannot hold once the platform relaxes a pin.
     requirement, hashes = re.subn(r"\s--hash[=\s]\S+", "", line)
@@ -321,7 +321,7 @@ def _read_conda(path: Path, repo: Path, warnings: list[str]) -> list[_Entry]:
 def _mapping_value(node: yaml.MappingNode, key: str) -> yaml.Node | None:
     for key_node, value_node in node.value:
         if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-            return value_node  # type: ignore[no-any-return]
+            return value_node
     return None
 
 
@@ -403,7 +403,9 @@ def _fit_to_platform(entry: _Entry, pins: PlatformPins, warnings: list[str]) -> 
             warnings.append(f"{where}: {entry.text} relaxed to the platform's {pins.specs[name]}")
         return _render(name, req.extras, "", req.marker)
     if req.url:
-        return f"{_render(name, req.extras, '', None)} @ {req.url}" + (f" ; {req.marker}" if req.marker else "")
+        return f"{_render(name, req.extras, '', None)} @ {req.url}" + (
+            f" ; {req.marker}" if req.marker else ""
+        )
     return _render(name, req.extras, str(req.specifier), req.marker)
 
 

@@ -47,6 +47,8 @@ _VERIFY = {
 }
 
 Log = Callable[[str], None]
+# Per-package lines of installers and wheel builds: counted in their summaries anyway.
+_NOISE = re.compile(r"^\s*(?:[+-] \S+==|adding '|copying |creating build|running )")
 
 
 class BuildEnvironmentError(RuntimeError):
@@ -137,7 +139,9 @@ def _copy_readme(root: Path, dest: Path) -> None:
     """The readme pyproject.toml names (a placeholder when the checkout lacks it)."""
     import tomllib
 
-    readme = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {}).get("readme")
+    readme = (
+        tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {}).get("readme")
+    )
     name = readme if isinstance(readme, str) else readme.get("file") if isinstance(readme, dict) else None
     if not name:
         return
@@ -250,17 +254,25 @@ class Installer:
     def install(self, target: Path, requirements: list[str], log: Log) -> None:
         python = target / "bin" / "python"
         if self.uv:
-            cmd = [str(self.uv), "pip", "install", "--python", str(python), *self.index.uv_args(), *requirements]
+            cmd = [
+                str(self.uv),
+                "pip",
+                "install",
+                "--python",
+                str(python),
+                *self.index.uv_args(),
+                *requirements,
+            ]
         else:
             cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
         run_logged(cmd, log, "installing packages", self._env())
 
     def build_wheel(self, source: Path, out: Path, log: Log) -> None:
         if self.uv:
-            cmd = [str(self.uv), "build", "--wheel", "--out-dir", str(out), *self.index.uv_args(), str(source)]
+            cmd = [str(self.uv), "build", "--quiet", "--wheel", "--out-dir", str(out), *self.index.uv_args()]
         else:
-            cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(source)]
-        run_logged(cmd, log, "building the platform wheel", self._env())
+            cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out)]
+        run_logged([*cmd, str(source)], log, "building the platform wheel", self._env())
 
 
 def run_logged(cmd: list[str], log: Log, what: str, env: Mapping[str, str] | None = None) -> list[str]:
@@ -274,22 +286,27 @@ def run_logged(cmd: list[str], log: Log, what: str, env: Mapping[str, str] | Non
         for line in process.stdout:
             line = line.rstrip()
             tail.append(line)
-            log("    " + line)
+            if not _NOISE.match(line):
+                log("    " + line)
         code = process.wait()
     if code:
         raise BuildEnvironmentError(f"{what} failed (exit {code}): {summarize(list(tail))}")
     return list(tail)
 
 
+# uv's error decorations: the cross, tree arrows and box-drawing characters.
+_DECORATION = re.compile("^[\\s\u00d7\u25b6\u2500-\u257f]+")
+
+
 def summarize(lines: list[str], limit: int = 400) -> str:
     """One line out of a tool's output: from its first error line on, else its last line."""
-    cleaned = [re.sub(r"^[\s×╰─▶│├┬┴┼╭╮╯]+", "", line).strip() for line in lines]
+    cleaned = [_DECORATION.sub("", line).strip() for line in lines]
     cleaned = [line for line in cleaned if line]
     start = next(
         (
             index
             for index, (raw, line) in enumerate(zip(lines, cleaned, strict=False))
-            if "×" in raw or line.lower().startswith(("error", "traceback")) or "Error:" in line
+            if "\u00d7" in raw or line.lower().startswith(("error", "traceback")) or "Error:" in line
         ),
         None,
     )
@@ -408,7 +425,9 @@ def _verify(role: str, target: Path, log: Log) -> None:
     if output:
         log("    " + output.replace("\n", "\n    "))
     if result.returncode:
-        reason = "MLflow must not be importable there" if role == "learner" else "it cannot import the platform"
+        reason = (
+            "MLflow must not be importable there" if role == "learner" else "it cannot import the platform"
+        )
         raise BuildEnvironmentError(f"check failed ({reason}): {summarize(output.splitlines())}")
 
 
