@@ -208,7 +208,7 @@ def test_bad_requests_get_clear_4xx_and_deploy_nothing(manager: Manager, digits_
     assert "mocks" in manager.call("POST", "/api/flops/projects", json=no_data).json()["message"]
     assert manager.call("POST", "/api/flops/projects", token=None, json=sla(digits_repo)).status_code == 401
     assert manager.call("POST", "/api/flops/projects", token="flops_forged", json=sla(digits_repo)).status_code == 401
-    not_json = manager.call("POST", "/api/flops/projects", data=b"{not json", headers={})
+    not_json = manager.call("POST", "/api/flops/projects", data=b"{not json")
     assert not_json.status_code in (400, 422) and "message" in not_json.json()
     assert len(manager.call("GET", "/api/flops/projects").json()) == count
 
