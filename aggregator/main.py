@@ -51,8 +51,7 @@ def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     security = f'root-certificates = "{ca_file.resolve()}"' if ca_file else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n',
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n',
         encoding="utf-8",
     )
 
@@ -80,9 +79,7 @@ def superlink_command(args: argparse.Namespace, port: int) -> list[str]:
     elif args.insecure:
         command.append("--insecure")
     else:
-        raise SystemExit(
-            "flops-aggregator: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, or --insecure"
-        )
+        raise SystemExit("flops-aggregator: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, or --insecure")
     return command
 
 

@@ -99,9 +99,7 @@ class TrainingSession:
     def report(self, server_round: int) -> RoundReport:
         return self.reports.setdefault(server_round, RoundReport(round=server_round))
 
-    def accept_replies(
-        self, server_round: int, replies: list[Message], minimum: int, phase: str
-    ) -> list[Message]:
+    def accept_replies(self, server_round: int, replies: list[Message], minimum: int, phase: str) -> list[Message]:
         """The successful replies; stop the training when fewer than `minimum` succeeded."""
         ok = [reply for reply in replies if not reply.has_error()]
         failures = [reply_error(reply) for reply in replies if reply.has_error()]
@@ -109,8 +107,7 @@ class TrainingSession:
         if len(ok) < minimum:
             detail = "; ".join(failures) if failures else "learners did not answer in time"
             raise TrainingError(
-                f"round {server_round} {phase}: {len(ok)} of the required {minimum} learners "
-                f"succeeded: {detail}"
+                f"round {server_round} {phase}: {len(ok)} of the required {minimum} learners succeeded: {detail}"
             )
         return ok
 
@@ -231,9 +228,7 @@ def main(grid: Grid, context: Context) -> None:
     run_training(grid, spec, state_dir, os.environ.get(TRACKING_URI_ENV) or None)
 
 
-def run_training(
-    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None
-) -> TrainingSummary:
+def run_training(grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None) -> TrainingSummary:
     started = time.time()
     progress = ProgressLog(state_dir, event_forwarder(spec.project_id))
     session: TrainingSession | None = None
@@ -245,9 +240,7 @@ def run_training(
         strategy = build_strategy(spec, base=RoundHooks)
         strategy.session = session  # type: ignore[attr-defined]
         joined = wait_for_learners(grid, spec, progress)
-        progress.emit(
-            ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined})
-        )
+        progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
 
         def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             if server_round > 0:
@@ -284,9 +277,7 @@ def _completed_summary(
     tracking_uri: str | None,
 ) -> TrainingSummary:
     rounds = [session.reports[r] for r in sorted(session.reports)]
-    summary = TrainingSummary(
-        status="completed", project_id=spec.project_id, rounds=rounds, tracking_uri=tracking_uri
-    )
+    summary = TrainingSummary(status="completed", project_id=spec.project_id, rounds=rounds, tracking_uri=tracking_uri)
     if rounds:
         summary.final_loss, summary.final_accuracy = rounds[-1].loss, rounds[-1].accuracy
     if session.best is not None:
@@ -317,9 +308,7 @@ def _failed_summary(
     started: float,
     tracking_uri: str | None,
 ) -> TrainingSummary:
-    summary = TrainingSummary(
-        status="failed", project_id=spec.project_id, error=error, tracking_uri=tracking_uri
-    )
+    summary = TrainingSummary(status="failed", project_id=spec.project_id, error=error, tracking_uri=tracking_uri)
     if session is not None:
         summary.rounds = [session.reports[r] for r in sorted(session.reports) if r in session.reports]
         _fill_tracking(summary, session)

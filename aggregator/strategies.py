@@ -37,11 +37,7 @@ def strategy_class(name: StrategyName) -> type[Strategy]:
 def tunable_parameters(cls: type[Strategy]) -> list[str]:
     """Constructor parameters an SLA may set for `cls`."""
     signature = inspect.signature(cls.__init__)
-    return [
-        name
-        for name in signature.parameters
-        if name not in INTERNAL_PARAMETERS and name not in MANAGED_PARAMETERS
-    ]
+    return [name for name in signature.parameters if name not in INTERNAL_PARAMETERS and name not in MANAGED_PARAMETERS]
 
 
 def strategy_kwargs(spec: TrainingSpec, cls: type[Strategy]) -> dict[str, Any]:

@@ -80,9 +80,7 @@ class MlflowTracker:
         mlflow.log_metrics(metrics, step=report.round)
         return child.info.run_id
 
-    def log_model(
-        self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]
-    ) -> LoggedModel:
+    def log_model(self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]) -> LoggedModel:
         """Log and register the best model; `code_paths` carry the user's modules along."""
         mlflow.log_metrics(
             {"best_round": float(best.round)}

@@ -9,6 +9,7 @@ MLflow tracking, checkpoints and local evaluation. Reports per-round medians and
 """
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -54,10 +55,19 @@ def plain_run(work: Path, data: Path, rounds: int) -> list[float]:
     nodes = [
         ManagedProcess(
             f"node-{i}",
-            [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-             "--port", str(free_port()), "--node-config", f'data-dir="{data / f"node-{i}"}"'],
-            work / f"node-{i}.log", env=env,
-        )  # fmt: skip
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f'data-dir="{data / f"node-{i}"}"',
+            ],
+            work / f"node-{i}.log",
+            env=env,
+        )
         for i in (1, 2)
     ]
     try:
@@ -69,7 +79,7 @@ def plain_run(work: Path, data: Path, rounds: int) -> list[float]:
         for process in [*nodes, superlink]:
             process.stop()
     marks = [float(line.split()[1]) for line in round_log.read_text().splitlines()]
-    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def flops_run(work: Path, data: Path, rounds: int, tracking: str) -> list[float]:

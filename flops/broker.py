@@ -39,9 +39,7 @@ def write_broker_config(directory: Path, port: int) -> tuple[Path, Path]:
     passwd_db = directory / "mosquitto.passwd"
     passwd_db.unlink(missing_ok=True)
     passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    subprocess.run(
-        [passwd_tool, "-b", "-c", str(passwd_db), MQTT_USER, password], check=True, capture_output=True
-    )
+    subprocess.run([passwd_tool, "-b", "-c", str(passwd_db), MQTT_USER, password], check=True, capture_output=True)
     passwd_db.chmod(0o600)
     config = directory / "mosquitto.conf"
     config.write_text(

@@ -50,9 +50,7 @@ class ManagerClient:
                 method, f"{self.base_url}{path}", headers=headers, timeout=self.timeout, **kwargs
             )
         except requests.ConnectionError as error:
-            raise ManagerError(
-                0, f"no FLOps manager answers at {self.base_url}: start it with `flops up`"
-            ) from error
+            raise ManagerError(0, f"no FLOps manager answers at {self.base_url}: start it with `flops up`") from error
         try:
             body = response.json()
         except ValueError:
@@ -71,9 +69,7 @@ class ManagerClient:
         if isinstance(sla, dict):
             return dict(self._request("POST", "/api/flops/projects", json=sla))
         return dict(
-            self._request(
-                "POST", "/api/flops/projects", data=sla, headers={"Content-Type": "application/json"}
-            )
+            self._request("POST", "/api/flops/projects", data=sla, headers={"Content-Type": "application/json"})
         )
 
     def projects(self, status: str | None = None) -> list[dict[str, Any]]:

@@ -132,7 +132,7 @@ class EventSubscriber:
         self._topic_filter = topic_filter
         self._on_message = on_message
         self._client.on_connect = self._handle_connect
-        self._client.on_message = lambda _c, _u, message: self._on_message(message.topic, message.payload)
+        self._client.on_message = lambda _c, _u, message: self._on_message(message.topic, bytes(message.payload))
         self._client.connect(settings.host, settings.port, keepalive=30)
         self._client.loop_start()
 

@@ -83,7 +83,5 @@ class ProgressFollower:
             return []
         self._offset += len(complete) + 1
         return [
-            ProgressEvent.model_validate(json.loads(line))
-            for line in complete.decode("utf-8").splitlines()
-            if line
+            ProgressEvent.model_validate(json.loads(line)) for line in complete.decode("utf-8").splitlines() if line
         ]

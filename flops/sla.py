@@ -74,8 +74,7 @@ class TrainingConfiguration(Strict):
         for field in ("min_fit_clients", "min_evaluate_clients"):
             if getattr(self, field) > self.min_available_clients:
                 raise ValueError(
-                    f"{field} ({getattr(self, field)}) exceeds min_available_clients "
-                    f"({self.min_available_clients})"
+                    f"{field} ({getattr(self, field)}) exceeds min_available_clients ({self.min_available_clients})"
                 )
         if self.mode is TrainingMode.HIERARCHICAL:
             raise ValueError("hierarchical mode is not available yet: use mode 'classic'")
@@ -101,7 +100,7 @@ class ProjectSLA(Strict):
     )
     verbose: bool = False
     use_devel_base_images: bool = False
-    supported_platforms: list[Platform] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)
+    supported_platforms: list[Platform] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)  # type: ignore[arg-type]
     ml_model_flavor: ModelFlavor
     ml_repo_url: str = Field(min_length=1)
     training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
@@ -119,9 +118,9 @@ class ProjectSLA(Strict):
     @model_validator(mode="after")
     def _deploy_needs_image(self) -> "ProjectSLA":
         steps = self.post_training_steps
-        if PostTrainingStep.DEPLOY_IMAGE in steps and self.backend is not Backend.LOCAL:
-            if PostTrainingStep.BUILD_IMAGE not in steps:
-                raise ValueError("deploy_trained_model_image needs build_image_for_trained_model too")
+        needs_image = PostTrainingStep.DEPLOY_IMAGE in steps and self.backend is not Backend.LOCAL
+        if needs_image and PostTrainingStep.BUILD_IMAGE not in steps:
+            raise ValueError("deploy_trained_model_image needs build_image_for_trained_model too")
         return self
 
 

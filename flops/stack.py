@@ -68,12 +68,9 @@ def up() -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     broker_port = _port("FLOPS_MQTT_PORT", BROKER_PORT)
     broker, password_file = start_broker(directory / "broker", broker_port)
-    services: dict[str, Any] = {
-        "broker": {"pid": broker.pid, "port": broker_port, "log": str(broker.log_path)}
-    }
+    services: dict[str, Any] = {"broker": {"pid": broker.pid, "port": broker_port, "log": str(broker.log_path)}}
     tracking = (
-        os.environ.get("FLOPS_TRACKING_URI")
-        or f"http://127.0.0.1:{_port('FLOPS_OBSERVATORY_PORT', OBSERVATORY_PORT)}"
+        os.environ.get("FLOPS_TRACKING_URI") or f"http://127.0.0.1:{_port('FLOPS_OBSERVATORY_PORT', OBSERVATORY_PORT)}"
     )
     observatory_pid = ensure_tracking_server(tracking, directory / "observatory")
     if observatory_pid:

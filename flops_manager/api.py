@@ -154,9 +154,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         if sla.backend is Backend.LOCAL:
             config = sla.training_configuration
             try:
-                place_learners(
-                    discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients
-                )
+                place_learners(discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients)
             except PlacementError as error:
                 raise ApiError(422, str(error), {"field": "training_configuration.data_tags"}) from error
 
@@ -220,9 +218,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             raise ApiError(422, "invalid mock data request", error.errors(include_url=False)) from error
         config = body.mock_data_configuration
         if config.dataset_name not in BUNDLED_DATASETS:
-            raise ApiError(
-                422, f"unknown dataset '{config.dataset_name}'", {"available": list(BUNDLED_DATASETS)}
-            )
+            raise ApiError(422, f"unknown dataset '{config.dataset_name}'", {"available": list(BUNDLED_DATASETS)})
         histogram = partition(
             config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
             config.scheme, config.alpha, config.seed,
@@ -237,9 +233,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             body = TokenRequest.model_validate_json(json_body())
         except ValidationError as error:
             raise ApiError(422, "invalid token request", error.errors(include_url=False)) from error
-        return jsonify(
-            {"customer_id": body.customer_id, "token": tokens.create_customer_token(body.customer_id)}
-        ), 201
+        return jsonify({"customer_id": body.customer_id, "token": tokens.create_customer_token(body.customer_id)}), 201
 
     @app.delete("/api/flops/database")
     @authenticated

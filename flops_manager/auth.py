@@ -106,9 +106,7 @@ class TokenService:
         """Whether any admin token is registered."""
         return any(doc.get("role") == "admin" for doc in self.store.list_tokens())
 
-    def ensure_admin_token(
-        self, env_token: str | None, token_file: Path | None, reveal_file: Path
-    ) -> str | None:
+    def ensure_admin_token(self, env_token: str | None, token_file: Path | None, reveal_file: Path) -> str | None:
         """Make sure an admin can log in; return a newly generated admin token, else None.
 
         A token supplied by the operator (env `FLOPS_ADMIN_TOKEN`, or the file named by
@@ -155,10 +153,7 @@ class TokenService:
 
     def list_tokens(self) -> list[dict[str, Any]]:
         """Token records without their hashes (id, customer, role, creation time): safe to show."""
-        return [
-            {key: value for key, value in doc.items() if key != "token_hash"}
-            for doc in self.store.list_tokens()
-        ]
+        return [{key: value for key, value in doc.items() if key != "token_hash"} for doc in self.store.list_tokens()]
 
     def revoke(self, token_id: str) -> bool:
         """Delete a token by its id; False if there was none."""

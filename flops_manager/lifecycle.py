@@ -69,9 +69,7 @@ def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
 class Controller:
     """Drives every project of this manager; safe to call from API, MQTT and loop threads."""
 
-    def __init__(
-        self, store: ProjectStore, orchestrators: dict[str, Orchestrator], settings: ManagerSettings
-    ):
+    def __init__(self, store: ProjectStore, orchestrators: dict[str, Orchestrator], settings: ManagerSettings):
         self.store = store
         self.orchestrators = orchestrators
         self.settings = settings
@@ -143,8 +141,9 @@ class Controller:
         on_disk = read_summary(self._run_dir(project_id) / "aggregator")
         if on_disk is not None:
             return on_disk
-        status = "completed" if event.event is EventName.SUCCEEDED else "failed"
-        return TrainingSummary(status=status, project_id=project_id, error=event.error)
+        if event.event is EventName.SUCCEEDED:
+            return TrainingSummary(status="completed", project_id=project_id)
+        return TrainingSummary(status="failed", project_id=project_id, error=event.error)
 
     # ---------------------------------------------------------------- reconcile
     def run(self, stop: threading.Event) -> None:
@@ -406,9 +405,7 @@ class Controller:
         project = self.store.get(project_id)
         if project is None:
             return
-        deployment = [
-            h.model_copy(update={"active": False}) if h.name in names else h for h in project.deployment
-        ]
+        deployment = [h.model_copy(update={"active": False}) if h.name in names else h for h in project.deployment]
         self.store.update(project_id, {"deployment": [h.model_dump(mode="json") for h in deployment]})
 
     def _teardown(self, project: Project, keep_inference: bool) -> None:
@@ -437,9 +434,7 @@ class Controller:
         if project is None:
             return
         self._teardown(project, keep_inference=False)
-        self.store.transition(
-            project_id, ProjectStatus.FAILED, error=ProjectError(stage=stage, message=message)
-        )
+        self.store.transition(project_id, ProjectStatus.FAILED, error=ProjectError(stage=stage, message=message))
 
     def service_logs(self, project: Project, name: str, tail: int = 200) -> str:
         for handle in reversed(project.deployment):

@@ -35,9 +35,7 @@ def main() -> None:
     token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)
     if revealed:
-        print(
-            f"flops-manager: admin token created (shown once, also in {token_file}): {revealed}", flush=True
-        )
+        print(f"flops-manager: admin token created (shown once, also in {token_file}): {revealed}", flush=True)
     controller = Controller(store, build_orchestrators(settings), settings)
 
     def on_message(topic: str, body: bytes) -> None:

@@ -33,7 +33,7 @@ def openapi_document() -> dict[str, Any]:
     errors = {code: {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
               for code, text in (("401", "no or bad token"), ("403", "not allowed"), ("404", "not found"),
                                  ("422", "invalid input"))}  # fmt: skip
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     paths = {
         "/": {"get": {"summary": "health", "security": [], "responses": {"200": {"description": "ok"}}}},
         "/api/flops/projects": {

@@ -167,9 +167,7 @@ class ProjectStore:
             raise StoreError("update() takes top-level field names only")
         fields = {"updated_at": time.time(), **changes}
         with self._lock:
-            doc = self._projects.find_one_and_update(
-                {"_id": project_id}, {"$set": fields}, return_document=True
-            )
+            doc = self._projects.find_one_and_update({"_id": project_id}, {"$set": fields}, return_document=True)
         return _to_project(doc)
 
     def set_desired(self, project_id: str, desired: Literal["running", "cancelled"]) -> Project | None:
@@ -220,9 +218,7 @@ class ProjectStore:
                     fields[f"stages.{current.value}"] = {"started_at": started, "ended_at": at}
                 if error is not None:
                     fields["error"] = error.model_dump(mode="json")
-                result = self._projects.update_one(
-                    {"_id": project_id, "status": current.value}, {"$set": fields}
-                )
+                result = self._projects.update_one({"_id": project_id, "status": current.value}, {"$set": fields})
                 if result.matched_count == 1:
                     return True
         return False
@@ -254,9 +250,7 @@ class ProjectStore:
             "$set": fields,
         }
         with self._lock:
-            result = self._projects.update_one(
-                {"_id": project_id, "seen_event_ids": {"$ne": event_id}}, update
-            )
+            result = self._projects.update_one({"_id": project_id, "seen_event_ids": {"$ne": event_id}}, update)
         return bool(result.matched_count == 1)
 
     def delete_all(self) -> int:

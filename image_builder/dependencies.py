@@ -72,9 +72,7 @@ class PlatformPins:
             declared = []
         for line in declared:
             req = Requirement(line)
-            if req.marker is not None and not any(
-                req.marker.evaluate({"extra": extra}) for extra in PLATFORM_EXTRAS
-            ):
+            if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in PLATFORM_EXTRAS):
                 continue
             name = str(canonicalize_name(req.name))
             specs.setdefault(name, f"{name}{req.specifier}")
@@ -136,9 +134,7 @@ def read_dependencies(repo: Path, pins: PlatformPins | None = None) -> Dependenc
         entries = _read_pyproject(source, repo, pins, warnings)
     else:
         entries = _read_conda(source, repo, warnings)
-    requirements = {
-        fitted for entry in entries if (fitted := _fit_to_platform(entry, pins, warnings)) is not None
-    }
+    requirements = {fitted for entry in entries if (fitted := _fit_to_platform(entry, pins, warnings)) is not None}
     return Dependencies(source=source, requirements=sorted(requirements), warnings=warnings)
 
 
@@ -203,9 +199,7 @@ def _pip_line(
             warnings.append(f"{where}: {option} ignored: the platform's package index settings are used")
             return []
         if option in ("-e", "--editable"):
-            raise DependencyError(
-                f"{where}: editable installs ({line}) are not supported; list packages instead"
-            )
+            raise DependencyError(f"{where}: editable installs ({line}) are not supported; list packages instead")
         raise DependencyError(f"{where}: unsupported pip option {option}")
     # Per-requirement hashes cannot hold once the platform relaxes a pin.
     requirement, hashes = re.subn(r"\s--hash[=\s]\S+", "", line)
@@ -377,8 +371,7 @@ def _fit_to_platform(entry: _Entry, pins: PlatformPins, warnings: list[str]) -> 
     if name == "python":
         if req.specifier and not req.specifier.contains(pins.python_version, prereleases=True):
             warnings.append(
-                f"{where}: {entry.text} ignored: FLOps runs Python {pins.python_version} "
-                "(python is never installed)"
+                f"{where}: {entry.text} ignored: FLOps runs Python {pins.python_version} (python is never installed)"
             )
         return None
     if name in DROPPED_NAMES:
@@ -403,9 +396,7 @@ def _fit_to_platform(entry: _Entry, pins: PlatformPins, warnings: list[str]) -> 
             warnings.append(f"{where}: {entry.text} relaxed to the platform's {pins.specs[name]}")
         return _render(name, req.extras, "", req.marker)
     if req.url:
-        return f"{_render(name, req.extras, '', None)} @ {req.url}" + (
-            f" ; {req.marker}" if req.marker else ""
-        )
+        return f"{_render(name, req.extras, '', None)} @ {req.url}" + (f" ; {req.marker}" if req.marker else "")
     return _render(name, req.extras, str(req.specifier), req.marker)
 
 

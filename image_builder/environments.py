@@ -117,9 +117,7 @@ def prepare_platform(cache_dir: Path) -> Platform:
         shutil.copy2(root / "pyproject.toml", source / "pyproject.toml")
         _copy_readme(root, source)
         for package in PLATFORM_PACKAGES:
-            shutil.copytree(
-                root / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-            )
+            shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         digest = tree_digest(source)[:32]
         final = platform_dir / digest
         with file_lock(platform_dir / ".locks" / f"{digest}.lock"):
@@ -139,9 +137,7 @@ def _copy_readme(root: Path, dest: Path) -> None:
     """The readme pyproject.toml names (a placeholder when the checkout lacks it)."""
     import tomllib
 
-    readme = (
-        tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {}).get("readme")
-    )
+    readme = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {}).get("readme")
     name = readme if isinstance(readme, str) else readme.get("file") if isinstance(readme, dict) else None
     if not name:
         return
@@ -425,9 +421,7 @@ def _verify(role: str, target: Path, log: Log) -> None:
     if output:
         log("    " + output.replace("\n", "\n    "))
     if result.returncode:
-        reason = (
-            "MLflow must not be importable there" if role == "learner" else "it cannot import the platform"
-        )
+        reason = "MLflow must not be importable there" if role == "learner" else "it cannot import the platform"
         raise BuildEnvironmentError(f"check failed ({reason}): {summarize(output.splitlines())}")
 
 

@@ -107,9 +107,7 @@ def check_tree(repo: Path, max_bytes: int) -> int:
             except (RuntimeError, OSError) as error:
                 raise RepositoryRefused(f"symlink {relative} cannot be resolved: {error}") from error
             if not target.is_relative_to(root):
-                raise RepositoryRefused(
-                    f"symlink {relative} points outside the repository (to {os.readlink(path)})"
-                )
+                raise RepositoryRefused(f"symlink {relative} points outside the repository (to {os.readlink(path)})")
             continue
         if path.is_file():
             total += path.stat().st_size
@@ -240,9 +238,7 @@ class Builder:
                     with self.timed("snapshot"):
                         snapshot(repo, build_dir / "repo")  # moves the private copy
                     with self.timed("learner_env"):
-                        learner = ensure_environment(
-                            platform, "learner", deps.requirements, self.cache, log=log_line
-                        )
+                        learner = ensure_environment(platform, "learner", deps.requirements, self.cache, log=log_line)
                         progress(f"learner environment {'reused' if learner.reused else 'built'}")
                     with self.timed("aggregator_env"):
                         aggregator = ensure_environment(
@@ -272,9 +268,7 @@ class Builder:
         return self.result(record, reused=True)
 
 
-def publish(
-    project_id: str, event: EventName, error: str | None = None, payload: dict[str, Any] | None = None
-) -> None:
+def publish(project_id: str, event: EventName, error: str | None = None, payload: dict[str, Any] | None = None) -> None:
     """Publish a builder event when a broker is configured; a broker problem only warns."""
     try:
         publish_once(
@@ -298,9 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--project-id", required=True, help="project the build belongs to (event topics)")
     parser.add_argument("--repo-url", required=True, help="git URL or local path of the ML repository")
     parser.add_argument("--ref", default=None, help="branch, tag or commit (default: the default branch)")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="build cache (default: FLOPS_HOME/builds)"
-    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="build cache (default: FLOPS_HOME/builds)")
     parser.add_argument("--result-file", type=Path, default=None, help="write the BuildResult JSON here")
     parser.add_argument("--max-repo-mb", type=float, default=200.0, help="largest repository accepted (MB)")
     args = parser.parse_args(argv)

@@ -70,7 +70,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     runner, _ = _runner(context)
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
     outcome = runner.evaluate(arrays)
-    metrics = MetricRecord(
-        {"num-examples": outcome.num_examples, "loss": outcome.loss, "accuracy": outcome.accuracy}
-    )
+    metrics = MetricRecord({"num-examples": outcome.num_examples, "loss": outcome.loss, "accuracy": outcome.accuracy})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -55,9 +55,7 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     elif args.insecure:
         command.append("--insecure")
     else:
-        raise SystemExit(
-            "flops-learner: give --root-certificates CA.pem for TLS, or --insecure for plain HTTP"
-        )
+        raise SystemExit("flops-learner: give --root-certificates CA.pem for TLS, or --insecure for plain HTTP")
     return command
 
 

@@ -19,12 +19,8 @@ DEFAULT_HOME = Path.home() / ".flops" / "observatory"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flops-observatory", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("FLOPS_OBSERVATORY_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("FLOPS_OBSERVATORY_PORT", DEFAULT_PORT))
-    )
-    parser.add_argument(
-        "--home", type=Path, default=Path(os.environ.get("FLOPS_OBSERVATORY_HOME", DEFAULT_HOME))
-    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FLOPS_OBSERVATORY_PORT", DEFAULT_PORT)))
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("FLOPS_OBSERVATORY_HOME", DEFAULT_HOME)))
     parser.add_argument(
         "--backend-store-uri",
         default=os.environ.get("FLOPS_OBSERVATORY_BACKEND_URI"),

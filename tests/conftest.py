@@ -33,9 +33,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        assert wait_until(lambda: http_ok(f"{uri}/health") or not process.running(), 120, 0.5), (
-            process.log_tail()
-        )
+        assert wait_until(lambda: http_ok(f"{uri}/health") or not process.running(), 120, 0.5), process.log_tail()
         assert process.running(), process.log_tail()
         yield uri
     finally:
@@ -81,9 +79,7 @@ def no_leftover_processes() -> Iterator[None]:
     )
 
 
-def run_flops(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
+def run_flops(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "flops"), *args],
         capture_output=True,

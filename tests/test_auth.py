@@ -70,9 +70,7 @@ def test_reveal_file_mode_tightened_if_it_existed(tokens: TokenService, tmp_path
     assert stat.S_IMODE(reveal.stat().st_mode) == 0o600
 
 
-def test_tokens_hashed_at_rest(
-    tokens: TokenService, store: ProjectStore, data_dir: Path, tmp_path: Path
-) -> None:
+def test_tokens_hashed_at_rest(tokens: TokenService, store: ProjectStore, data_dir: Path, tmp_path: Path) -> None:
     admin = tokens.ensure_admin_token(None, None, tmp_path / "admin-token")
     assert admin is not None
     customer = tokens.create_customer_token("alice")

@@ -59,9 +59,7 @@ def test_methods_inherited_from_a_local_base_count(tmp_path: Path) -> None:
             "fit_model",
         )
     )
-    source = (
-        f"class Base:\n{methods}\nclass ModelManager(Base):\n    def evaluate_model(self):\n        pass\n"
-    )
+    source = f"class Base:\n{methods}\nclass ModelManager(Base):\n    def evaluate_model(self):\n        pass\n"
     repo = write(tmp_path / "r", {"conda.yaml": "name: x\n", "model_manager.py": source})
     assert check_repository(repo).ok
 

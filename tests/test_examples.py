@@ -98,9 +98,7 @@ def fedavg(
             examples = fit(manager, round_config)
             results.append(([np.asarray(p) for p in manager.get_model_parameters()], examples))
         total = sum(examples for _, examples in results)
-        parameters = [
-            sum(params[i] * examples for params, examples in results) / total for i in range(len(parameters))
-        ]
+        parameters = [sum(params[i] * examples for params, examples in results) / total for i in range(len(parameters))]
 
     evaluations = []
     for node in nodes:
@@ -118,9 +116,7 @@ def assert_fresh_shapes_match(module: ModuleType, trained: list[np.ndarray]) -> 
     assert [np.shape(p) for p in fresh] == [np.shape(p) for p in trained]
 
 
-@pytest.mark.parametrize(
-    "name", ["digits-sklearn", "digits-pytorch", "hospitals-sklearn", "digits-flops-style"]
-)
+@pytest.mark.parametrize("name", ["digits-sklearn", "digits-pytorch", "hospitals-sklearn", "digits-flops-style"])
 def test_example_keeps_the_contract(name: str) -> None:
     check = check_repository(EXAMPLES / name)
     assert check.ok, check.problems

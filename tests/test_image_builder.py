@@ -206,9 +206,7 @@ def test_the_installed_platform_pins_are_read() -> None:
     pins = PlatformPins.current()
     assert pins.specs["flwr"] == "flwr==1.41.0"
     assert {"numpy", "pandas", "pyarrow", "scikit-learn", "torch", "mlflow"} <= set(pins.specs)
-    assert (
-        pins.python_version == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
-    )
+    assert pins.python_version == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
 
 
 def test_every_example_has_readable_dependencies() -> None:
@@ -244,9 +242,7 @@ def test_every_example_has_readable_dependencies() -> None:
         ({"README.md": "no deps"}, "no dependency file"),
     ],
 )
-def test_malformed_dependency_files_name_file_and_line(
-    tmp_path: Path, files: dict[str, str], message: str
-) -> None:
+def test_malformed_dependency_files_name_file_and_line(tmp_path: Path, files: dict[str, str], message: str) -> None:
     write(tmp_path, files)
     with pytest.raises(DependencyError) as caught:
         read_dependencies(tmp_path, PINS)
@@ -403,9 +399,7 @@ def test_full_build_makes_both_environments(digits_build: dict[str, Any]) -> Non
         "reused",
         "stage_durations",
     }
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=digits_build["repo"], capture_output=True, text=True
-    )
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=digits_build["repo"], capture_output=True, text=True)
     assert built["commit"] == head.stdout.strip()
     assert set(built["stage_durations"]) == {
         "fetch",

@@ -124,8 +124,6 @@ def test_learner_code_path_never_imports_mlflow(tmp_path: Path) -> None:
         print("ok", out.num_examples)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok ")

@@ -142,9 +142,7 @@ def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, 
     assert project["model"]["registered_uri"].startswith("models:/digits-sklearn/")
     assert project["build"]["reused"] is False and len(project["build"]["commit"]) == 40
     assert "aggregator" in manager.call("GET", f"/api/flops/projects/{project_id}/logs").json()
-    prediction = requests.post(
-        project["inference_url"], json={"inputs": [[0.0] * 64, [0.5] * 64]}, timeout=30
-    )
+    prediction = requests.post(project["inference_url"], json={"inputs": [[0.0] * 64, [0.5] * 64]}, timeout=30)
     assert prediction.status_code == 200, prediction.text
     assert len(prediction.json()["predictions"]) == 2
     print(f"first project: POST to completed {time.monotonic() - submitted:.1f} s")

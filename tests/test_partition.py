@@ -42,12 +42,8 @@ def test_csv_file_with_label_column(tmp_path: Path) -> None:
 
 def test_cli_prints_histogram_and_rejects_bad_input(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(
-        app, ["data", "partition", "wine", "--nodes", "2", "--tag", "wine", "--out", str(tmp_path)]
-    )
+    result = runner.invoke(app, ["data", "partition", "wine", "--nodes", "2", "--tag", "wine", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "node-1" in result.output and "node-2" in result.output
-    bad = runner.invoke(
-        app, ["data", "partition", "nope", "--nodes", "2", "--tag", "t", "--out", str(tmp_path)]
-    )
+    bad = runner.invoke(app, ["data", "partition", "nope", "--nodes", "2", "--tag", "t", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown data set" in bad.output

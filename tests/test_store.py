@@ -162,9 +162,7 @@ def test_transition_twice_same_target_changes_nothing(store: ProjectStore) -> No
     error = ProjectError(stage="training", message="learner crashed")
     assert store.transition("p1", ProjectStatus.FAILED, error=error, now=160.0)
     after_fail = store.get("p1")
-    assert not store.transition(
-        "p1", ProjectStatus.FAILED, error=ProjectError(stage="x", message="y"), now=170.0
-    )
+    assert not store.transition("p1", ProjectStatus.FAILED, error=ProjectError(stage="x", message="y"), now=170.0)
     assert store.get("p1") == after_fail
 
 
@@ -184,9 +182,7 @@ def test_final_statuses_are_final(store: ProjectStore) -> None:
     assert store.active() == []
 
 
-@pytest.mark.parametrize(
-    "start", [ProjectStatus.SUBMITTED, ProjectStatus.BUILDING, ProjectStatus.POST_TRAINING]
-)
+@pytest.mark.parametrize("start", [ProjectStatus.SUBMITTED, ProjectStatus.BUILDING, ProjectStatus.POST_TRAINING])
 @pytest.mark.parametrize("final", [ProjectStatus.FAILED, ProjectStatus.CANCELLED])
 def test_failed_and_cancelled_reachable_from_every_active_status(
     store: ProjectStore, start: ProjectStatus, final: ProjectStatus
@@ -279,15 +275,9 @@ def test_delete_all_keeps_tokens(store: ProjectStore) -> None:
 
 
 def test_tokens_crud(store: ProjectStore) -> None:
-    store.put_token(
-        {"token_id": "t1", "token_hash": "h1", "customer_id": "c1", "role": "customer", "created_at": 1}
-    )
-    store.put_token(
-        {"token_id": "t2", "token_hash": "h2", "customer_id": "c2", "role": "customer", "created_at": 2}
-    )
-    store.put_token(
-        {"token_id": "t1", "token_hash": "h1", "customer_id": "c1", "role": "customer", "created_at": 1}
-    )
+    store.put_token({"token_id": "t1", "token_hash": "h1", "customer_id": "c1", "role": "customer", "created_at": 1})
+    store.put_token({"token_id": "t2", "token_hash": "h2", "customer_id": "c2", "role": "customer", "created_at": 2})
+    store.put_token({"token_id": "t1", "token_hash": "h1", "customer_id": "c1", "role": "customer", "created_at": 1})
     assert store.find_token("h1") == {
         "token_id": "t1",
         "token_hash": "h1",

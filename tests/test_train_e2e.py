@@ -19,9 +19,7 @@ def summary_of(result_stdout: str) -> dict:
     return json.loads(result_stdout.strip().splitlines()[-1])
 
 
-def test_digits_sklearn_two_learners_three_rounds(
-    mlflow_server: str, digits_nodes: Path, flops_home: Path
-) -> None:
+def test_digits_sklearn_two_learners_three_rounds(mlflow_server: str, digits_nodes: Path, flops_home: Path) -> None:
     result = run_flops(
         "train", str(EXAMPLES / "digits-sklearn"), "--data-dir", str(digits_nodes),
         "--learners", "2", "--rounds", "3", "--tracking-uri", mlflow_server,
@@ -37,9 +35,7 @@ def test_digits_sklearn_two_learners_three_rounds(
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("digits-e2e")
     assert experiment is not None
-    children = client.search_runs(
-        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
-    )
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
     assert sorted(run.info.run_name for run in children) == ["round-1", "round-2", "round-3"]
     for run in children:
         assert {"loss", "accuracy", "local_accuracy", "learners", "round_duration_s"} <= set(run.data.metrics)
@@ -73,9 +69,7 @@ def test_pytorch_example_trains_two_rounds(mlflow_server: str, digits_nodes: Pat
     assert np.asarray(model.predict(images)).shape == (16, 10)
 
 
-def test_flops_style_repository_runs_unmodified(
-    mlflow_server: str, digits_nodes: Path, flops_home: Path
-) -> None:
+def test_flops_style_repository_runs_unmodified(mlflow_server: str, digits_nodes: Path, flops_home: Path) -> None:
     result = run_flops(
         "train", str(EXAMPLES / "digits-flops-style"), "--data-dir", str(digits_nodes),
         "--learners", "2", "--rounds", "2", "--strategy", "FedProx", "--strategy-param", "proximal_mu=0.1",

@@ -101,8 +101,7 @@ class ModelManager(ModelManagerTemplate):
                 loss = loss_fn(self.model(inputs[batch]), targets[batch])
                 if mu > 0:
                     proximal = sum(
-                        torch.sum((w - w0) ** 2)
-                        for w, w0 in zip(self.model.parameters(), global_weights, strict=True)
+                        torch.sum((w - w0) ** 2) for w, w0 in zip(self.model.parameters(), global_weights, strict=True)
                     )
                     loss = loss + mu / 2 * proximal
                 loss.backward()

@@ -120,9 +120,7 @@ def _project_table(project: dict[str, Any]) -> Table:
     table.add_column("duration", justify="right")
     for name, timing in project.get("stages", {}).items():
         duration = timing.get("duration_s")
-        shown = (
-            f"{duration:.1f} s" if duration is not None else f"{time.time() - timing['started_at']:.0f} s…"
-        )
+        shown = f"{duration:.1f} s" if duration is not None else f"{time.time() - timing['started_at']:.0f} s…"
         table.add_row(name, shown)
     for report in project.get("rounds", []):
         accuracy = report.get("accuracy")
@@ -149,9 +147,7 @@ def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
 def print_summary(project: dict[str, Any]) -> None:
     if project["status"] != "completed":
         error = project.get("error") or {}
-        console.print(
-            f"[red]{project['status']}[/red] at {error.get('stage', '?')}: {error.get('message', '')}"
-        )
+        console.print(f"[red]{project['status']}[/red] at {error.get('stage', '?')}: {error.get('message', '')}")
         return
     rounds = project.get("rounds", [])
     last = rounds[-1] if rounds else {}
@@ -213,9 +209,7 @@ def demo_repository(target: Path) -> Path:
     return target
 
 
-def demo_command(
-    rounds: int = typer.Option(3, "--rounds"), learners: int = typer.Option(2, "--learners")
-) -> None:
+def demo_command(rounds: int = typer.Option(3, "--rounds"), learners: int = typer.Option(2, "--learners")) -> None:
     """Start the stack, make node data, train digits-sklearn federatedly and serve the model."""
     started = time.monotonic()
     up_command()

@@ -51,9 +51,7 @@ def parse_assignments(pairs: list[str], option: str) -> dict[str, Any]:
 def node_data_dirs(data_dir: Path, count: int) -> list[Path]:
     """Learner i reads `data_dir/node-i`, or else the i-th node folder in name order."""
     if not data_dir.is_dir():
-        raise TrainInputError(
-            f"data directory {data_dir} does not exist; create it with `flops data partition`"
-        )
+        raise TrainInputError(f"data directory {data_dir} does not exist; create it with `flops data partition`")
     named = [data_dir / node_name(i) for i in range(1, count + 1)]
     if all(path.is_dir() for path in named):
         return named
@@ -79,9 +77,7 @@ def resolve_data_tags(node_dirs: list[Path], requested: list[str]) -> list[str]:
     common = set.intersection(*({p.name for p in folder.iterdir() if p.is_dir()} for folder in node_dirs))
     tags = sorted(tag for tag in common if not missing_tags(node_dirs[0], [tag]))
     if not tags:
-        raise TrainInputError(
-            f"the node folders share no data tag; name one with --data-tags ({node_dirs[0]})"
-        )
+        raise TrainInputError(f"the node folders share no data tag; name one with --data-tags ({node_dirs[0]})")
     return tags
 
 
@@ -133,9 +129,7 @@ class LocalTraining:
                 for event in follower.new_events():
                     on_event(event)
                 code, tail = self.aggregator.returncode(), self.aggregator.log_tail()
-                return read_summary(self.state_dir) or self._failed(
-                    f"aggregator exited with code {code}:\n{tail}"
-                )
+                return read_summary(self.state_dir) or self._failed(f"aggregator exited with code {code}:\n{tail}")
             dead = [learner for learner in self.learners if not learner.running()]
             alive = len(self.learners) - len(dead)
             if dead and alive < self.spec.min_available_clients:
@@ -175,18 +169,14 @@ def train_command(
     repo: str = typer.Argument(..., help="ML repository: a local folder or any git URL"),
     data_dir: Path = typer.Option(..., "--data-dir", help="folder with one data folder per node"),
     learners: int = typer.Option(2, "--learners", "-n", min=1),
-    min_available: int = typer.Option(
-        0, "--min-available-clients", help="learners to wait for (default: all)"
-    ),
+    min_available: int = typer.Option(0, "--min-available-clients", help="learners to wait for (default: all)"),
     rounds: int = typer.Option(3, "--rounds", "-r", min=1),
     strategy: StrategyName = typer.Option(StrategyName.FEDAVG, "--strategy"),
     strategy_param: list[str] = typer.Option([], "--strategy-param", help="key=value, repeatable"),
     hyperparameter: list[str] = typer.Option([], "--hp", help="key=value for user code, repeatable"),
     data_tags: list[str] = typer.Option([], "--data-tags", help="data tags to train on"),
     ref: str = typer.Option("", "--ref", help="branch, tag or commit of a git repository"),
-    tracking: str = typer.Option(
-        "", "--tracking-uri", help="MLflow server (default: FLOPS_TRACKING_URI or :7027)"
-    ),
+    tracking: str = typer.Option("", "--tracking-uri", help="MLflow server (default: FLOPS_TRACKING_URI or :7027)"),
     flavor: str = typer.Option("sklearn", "--flavor", help="sklearn, pytorch, keras"),
     model_name: str = typer.Option("", "--model-name", help="Model Registry name (default: repo name)"),
     project_id: str = typer.Option("", "--project-id", help="experiment name (default: repo + time)"),
@@ -212,9 +202,7 @@ def train_command(
             min_fit_clients=min_available or learners,
             min_evaluate_clients=min_available or learners,
             data_tags=tags,
-            strategy=StrategyConfig(
-                name=strategy, parameters=parse_assignments(strategy_param, "--strategy-param")
-            ),
+            strategy=StrategyConfig(name=strategy, parameters=parse_assignments(strategy_param, "--strategy-param")),
             hyperparameters=parse_assignments(hyperparameter, "--hp"),
             learner_wait_timeout=learner_timeout,
             repo_url=fetched.url,
@@ -233,9 +221,7 @@ def train_command(
         raise typer.Exit(2) from error
     if started_pid:
         console.print(f"observatory started at {uri} (pid {started_pid}); it keeps running for the UI")
-    console.print(
-        f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}"
-    )
+    console.print(f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}")
     training = LocalTraining(spec, fetched.path, node_dirs, uri, home / "runs" / spec.project_id)
     try:
         training.start()
