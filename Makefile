@@ -2,7 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DEMO_DIR ?= .flops/demo
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
@@ -31,9 +30,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check flops flops_utils learner aggregator observatory
 	$(VENV)/bin/mypy
 
+# Starts the embedded stack (left running for the MLflow UI and the served model;
+# `.venv/bin/flops down` stops it), partitions digits over 2 nodes, trains and serves.
 demo: setup
-	$(VENV)/bin/flops data partition digits --nodes 2 --tag digits --out $(DEMO_DIR)/data
-	$(VENV)/bin/flops train examples/digits-sklearn --data-dir $(DEMO_DIR)/data --learners 2 --rounds 3
+	$(VENV)/bin/flops demo
 
 clean:
 	rm -rf .flops .pytest_cache .mypy_cache .ruff_cache

@@ -5,15 +5,21 @@ process group, so whoever stops the aggregator's group stops Flower's processes 
 """
 
 import argparse
+import contextlib
+import importlib
+import io
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
 
-from aggregator.server_app import STATE_DIR_ENV, TRACKING_URI_ENV
+from aggregator.environment import STATE_DIR_ENV, TRACKING_URI_ENV
 from flops.app_bundle import build_app_dir
 from flops.ml_repo.contract import ContractError, validate_repository
 from flops.net import free_port, port_open, wait_until
@@ -94,13 +100,28 @@ def flwr(home: Path, *arguments: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
-def submit(home: Path, app_dir: Path) -> int:
-    result = flwr(home, "run", str(app_dir), CONNECTION, "--format", "json")
+def submit(app_dir: Path) -> int:
+    """`flwr run APP flops` in this process (the CLI's own code, without a second interpreter)."""
+    from flwr.cli.run.run import run as flwr_run
+
+    output = io.StringIO()
     try:
-        answer = json.loads(result.stdout)
-        return int(answer["run-id"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise RuntimeError(f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}") from error
+        with contextlib.redirect_stdout(output):
+            flwr_run(
+                app=str(app_dir), superlink=CONNECTION, federation=None, run_config_overrides=None,
+                federation_config_overrides=None, stream=False, output_format="default",
+            )  # fmt: skip
+    except (SystemExit, Exception) as error:  # click and typer exit with exceptions
+        raise RuntimeError(f"flwr run failed: {output.getvalue().strip()} {error}") from error
+    started = re.search(r"Successfully started run (\d+)", output.getvalue())
+    if started is None:
+        raise RuntimeError(f"flwr run failed: {output.getvalue().strip()}")
+    return int(started.group(1))
+
+
+def preload_flower_cli() -> None:
+    """Import Flower's CLI while the SuperLink starts: both take seconds, in parallel."""
+    threading.Thread(target=importlib.import_module, args=("flwr.cli.run.run",), daemon=True).start()
 
 
 def run_status(home: Path, run_id: int) -> str | None:
@@ -156,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         STATE_DIR_ENV: str(state_dir),
         TRACKING_URI_ENV: args.tracking_uri,
     }
+    os.environ["FLWR_HOME"] = str(home)
+    preload_flower_cli()
     superlink = ManagedProcess(
         "superlink",
         superlink_command(args, port),
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         if not superlink.running():
             raise RuntimeError(f"SuperLink failed to start:\n{superlink.log_tail()}")
         print(f"flops-aggregator: SuperLink listening on {args.host}:{port}", flush=True)
-        run_id = submit(home, app_dir)
+        run_id = submit(app_dir)
         print(f"flops-aggregator: submitted run {run_id}", flush=True)
         outcome = follow(home, run_id, state_dir, superlink, args.timeout)
     except RuntimeError as error:

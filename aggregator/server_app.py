@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from aggregator.environment import STATE_DIR_ENV, TRACKING_URI_ENV
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import Component, Event, EventName
@@ -25,8 +27,6 @@ from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
 from flops.training import SPEC_RUN_CONFIG_KEY, RoundReport, TrainingSpec, TrainingSummary
 
-STATE_DIR_ENV = "FLOPS_AGGREGATOR_STATE_DIR"
-TRACKING_URI_ENV = "FLOPS_TRACKING_URI"
 KEPT_CHECKPOINTS = 2
 _FLOWER_REASON = re.compile(r"^<class '[^']*'>:<'(?P<message>.*)'>$", re.DOTALL)
 
@@ -42,6 +42,12 @@ def reply_error(message: Message) -> str:
     reason = (message.error.reason if message.has_error() else None) or "no reply"
     match = _FLOWER_REASON.match(reason)
     return str(match.group("message")) if match else reason
+
+
+def _open_tracker(spec: TrainingSpec, tracking_uri: str) -> Any:
+    from aggregator.tracking import MlflowTracker
+
+    return MlflowTracker(spec, tracking_uri)
 
 
 def event_forwarder(project_id: str) -> Callable[[ProgressEvent], None] | None:
@@ -90,11 +96,34 @@ class TrainingSession:
         self.round_started_at: dict[int, float] = {}
         self.best: tuple[RoundReport, list[np.ndarray]] | None = None
         self.round_run_ids: list[str] = []
-        self.tracker: Any = None
-        if tracking_uri:
-            from aggregator.tracking import MlflowTracker
+        # MLflow is imported and the runs opened in the background: the first round does not
+        # need them until it ends, and they cost seconds at start-up.
+        self.tracking_uri = tracking_uri
+        self._tracker: Future[Any] | None = None
 
-            self.tracker = MlflowTracker(spec, tracking_uri)
+    def open_tracker(self) -> None:
+        """Start opening the MLflow runs in the background (import and HTTP take seconds)."""
+        if self.tracking_uri and self._tracker is None:
+            self._tracker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking").submit(
+                _open_tracker, self.spec, self.tracking_uri
+            )
+
+    @property
+    def tracker(self) -> Any:
+        """The MLflow tracker (waits for it to open), or None without tracking."""
+        if self._tracker is None:
+            return None
+        try:
+            return self._tracker.result()
+        except Exception as error:
+            raise TrainingError(f"MLflow tracking failed: {type(error).__name__}: {error}") from error
+
+    def tracker_if_open(self) -> Any:
+        """The tracker when it opened fine, else None: for reporting a failure."""
+        try:
+            return self.tracker
+        except TrainingError:
+            return None
 
     def report(self, server_round: int) -> RoundReport:
         return self.reports.setdefault(server_round, RoundReport(round=server_round))
@@ -241,6 +270,7 @@ def run_training(grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: 
         strategy.session = session  # type: ignore[attr-defined]
         joined = wait_for_learners(grid, spec, progress)
         progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
+        session.open_tracker()
 
         def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             if server_round > 0:
@@ -317,15 +347,17 @@ def _failed_summary(
 
 
 def _fill_tracking(summary: TrainingSummary, session: TrainingSession) -> None:
-    if session.tracker is not None:
-        summary.experiment_id = session.tracker.experiment_id
-        summary.parent_run_id = session.tracker.parent_run_id
+    tracker = session.tracker_if_open()
+    if tracker is not None:
+        summary.experiment_id = tracker.experiment_id
+        summary.parent_run_id = tracker.parent_run_id
         summary.round_run_ids = list(session.round_run_ids)
 
 
 def _finish(session: TrainingSession | None, progress: ProgressLog, summary: TrainingSummary) -> None:
-    if session is not None and session.tracker is not None:
-        session.tracker.finish(summary.status == "completed", summary.error)
+    tracker = session.tracker_if_open() if session is not None else None
+    if tracker is not None:
+        tracker.finish(summary.status == "completed", summary.error)
     progress.write_summary(summary)
     progress.emit(
         ProgressEvent(

@@ -254,6 +254,9 @@ class Installer:
                 str(self.uv),
                 "pip",
                 "install",
+                # Precompiled bytecode: every Flower app process is a fresh interpreter, and
+                # without .pyc files each would compile mlflow, flwr and sklearn again.
+                "--compile-bytecode",
                 "--python",
                 str(python),
                 *self.index.uv_args(),

@@ -20,6 +20,7 @@ from flops.tracking_server import TrackingServerError
 
 console = Console(soft_wrap=True)
 FINAL = ("completed", "failed", "cancelled")
+STAGE_ORDER = ["submitted", "building", "deploying", "training", "post_training", "completed", "failed", "cancelled"]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -45,9 +46,10 @@ def down_command() -> None:
     if state:
         client = ManagerClient(state["manager_url"])
         try:
-            active = [p for p in client.projects() if p["status"] not in FINAL]
-            for project in active:
+            projects = client.projects()
+            for project in projects:  # cancels active ones, stops served models of the rest
                 client.cancel(project["project_id"])
+            active = [p for p in projects if p["status"] not in FINAL]
             deadline = time.monotonic() + 60
             while active and time.monotonic() < deadline:
                 active = [p for p in client.projects() if p["status"] not in FINAL]
@@ -118,7 +120,9 @@ def _project_table(project: dict[str, Any]) -> Table:
     table = Table(title=f"project {project['project_id']}: {project['status']}")
     table.add_column("stage")
     table.add_column("duration", justify="right")
-    for name, timing in project.get("stages", {}).items():
+    stages = project.get("stages", {})
+    for name in sorted(stages, key=lambda stage: STAGE_ORDER.index(stage) if stage in STAGE_ORDER else 99):
+        timing = stages[name]
         duration = timing.get("duration_s")
         shown = f"{duration:.1f} s" if duration is not None else f"{time.time() - timing['started_at']:.0f} s…"
         table.add_row(name, shown)
@@ -140,6 +144,7 @@ def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
             time.sleep(poll_s)
             project = client.project(project_id)
             live.update(_project_table(project))
+    console.print()
     print_summary(project)
     return 0 if project["status"] == "completed" else 1
 
