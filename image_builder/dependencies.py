@@ -304,9 +304,9 @@ def _read_conda(path: Path, repo: Path, warnings: list[str]) -> list[_Entry]:
                     pip_where = f"{label} line {_line(pip_item)}"
                     if not isinstance(pip_item, yaml.ScalarNode):
                         raise DependencyError(f"{pip_where}: pip entries must be strings")
-                    line = re.sub(r"(^|\s)#.*$", "", str(pip_item.value)).strip()
-                    if line:
-                        entries.extend(_pip_line(line, path, repo, pip_where, warnings, frozenset({path})))
+                    spec_text = re.sub(r"(^|\s)#.*$", "", str(pip_item.value)).strip()
+                    if spec_text:
+                        entries.extend(_pip_line(spec_text, path, repo, pip_where, warnings, frozenset({path})))
         else:
             raise DependencyError(f"{where}: expected a package spec or a 'pip:' list")
     return entries

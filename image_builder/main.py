@@ -2,6 +2,7 @@
 
     flops-image-builder --project-id P --repo-url URL [--ref REF] [--cache-dir DIR]
                         [--result-file PATH] [--max-repo-mb 200]
+                        [--target local|oci --registry HOST:PORT ...]  (OCI: see image_builder.oci)
 
 Stages (each timed): fetch the repository at the ref, validate it (size, symlinks, the
 ML-repository contract), read its dependencies, snapshot the code, and build or reuse the
@@ -295,11 +296,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="build cache (default: FLOPS_HOME/builds)")
     parser.add_argument("--result-file", type=Path, default=None, help="write the BuildResult JSON here")
     parser.add_argument("--max-repo-mb", type=float, default=200.0, help="largest repository accepted (MB)")
+    parser.add_argument(
+        "--target", choices=["local", "oci"], default="local", help="local environments, or OCI images in a registry"
+    )
+    from image_builder.oci import add_oci_arguments
+
+    add_oci_arguments(parser)
     args = parser.parse_args(argv)
     if args.cache_dir is None:
         args.cache_dir = flops_home() / "builds"
     if args.max_repo_mb <= 0:
         parser.error("--max-repo-mb must be positive")
+    if args.target == "oci":
+        from image_builder.oci import options_from_args
+
+        try:
+            options_from_args(args)
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
@@ -308,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     progress(f"project {args.project_id}: building {args.repo_url}" + (f" at {args.ref}" if args.ref else ""))
     publish(args.project_id, EventName.STARTED, payload={"repo_url": args.repo_url, "ref": args.ref})
-    builder = Builder(args)
+    if args.target == "oci":
+        from image_builder.oci import make_oci_builder
+
+        builder = make_oci_builder(args)
+    else:
+        builder = Builder(args)
     try:
         result = builder.build()
     except Exception as error:
@@ -321,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.result_file:
         write_json_atomic(args.result_file, result)
     verb = "reused" if result["reused"] else "built"
-    progress(
-        f"{verb} {result['build_key']} in {time.monotonic() - started:.1f} s: "
-        f"learner {result['learner_python']}, aggregator {result['aggregator_python']}"
-    )
+    if args.target == "oci":
+        made = ", ".join(f"{role} {ref}" for role, ref in result["images"].items())
+    else:
+        made = f"learner {result['learner_python']}, aggregator {result['aggregator_python']}"
+    progress(f"{verb} {result['build_key']} in {time.monotonic() - started:.1f} s: {made}")
     publish(args.project_id, EventName.SUCCEEDED, payload=result)
     return 0
 

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
 from flops.broker import MQTT_USER, start_broker
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
-from tests.conftest import BIN, EXAMPLES, flower_processes
+from tests.conftest import BIN, EXAMPLES
 
 pytestmark = pytest.mark.slow
 FINAL = ("completed", "failed", "cancelled")
@@ -169,14 +170,29 @@ def test_manager_restart_during_training_loses_nothing(manager: Manager, digits_
     assert project["model"]["version"]
 
 
+def session_members(session_ids: set[int]) -> set[int]:
+    """Live processes in any of the given sessions (each local service is its own session)."""
+    members = set()
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) in session_ids and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                members.add(pid)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
 def test_cancel_during_training_leaves_no_process(manager: Manager, digits_repo: Path) -> None:
-    before = flower_processes()
     project_id = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, rounds=20)).json()["project_id"]
-    manager.wait_for(project_id, ("training",))
+    running = manager.wait_for(project_id, ("training",))
+    sessions = {int(h["ref"]) for h in running["deployment"] if h["name"] != "builder"}
+    assert {"aggregator", "learner-node-1", "learner-node-2"} <= set(running["components"])
+    assert session_members(sessions), "the FL actors should be running"
     assert manager.call("DELETE", f"/api/flops/projects/{project_id}").status_code == 202
     project = manager.wait_for(project_id, FINAL, timeout=60)
     assert project["status"] == "cancelled"
-    assert wait_until(lambda: not (flower_processes() - before), 20), flower_processes() - before
+    assert wait_until(lambda: not session_members(sessions), 20), session_members(sessions)
+    assert not any(h["active"] for h in project["deployment"])
 
 
 def test_bad_requests_get_clear_4xx_and_deploy_nothing(manager: Manager, digits_repo: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """`flops train` end to end: real SuperLink/SuperNode processes and a real MLflow server."""
 
 import json
+import sys
 from pathlib import Path
 
 import mlflow
@@ -63,6 +64,8 @@ def test_pytorch_example_trains_two_rounds(mlflow_server: str, digits_nodes: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
     assert len(summary["rounds"]) == 2 and summary["rounds"][1]["accuracy"] > 0.5
+    for module in ("model_manager", "data_manager"):  # other tests' user code in this process
+        sys.modules.pop(module, None)
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/digits-pytorch/{summary['registered_model_version']}")
     images = (load_digits().images[:16] / 16.0).astype(np.float32)[:, None, :, :]
