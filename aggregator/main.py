@@ -34,7 +34,9 @@ STATUS_CHECK_INTERVAL_S = 10.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flops-aggregator", description=__doc__)
-    parser.add_argument("--spec", required=True, type=Path, help="training spec (JSON)")
+    spec = parser.add_mutually_exclusive_group(required=True)
+    spec.add_argument("--spec", type=Path, help="training spec (JSON file)")
+    spec.add_argument("--spec-json", help="training spec (JSON text), for workers without shared files")
     parser.add_argument("--repo", required=True, type=Path, help="the ML repository's folder")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1", help="SuperLink bind address")
@@ -157,7 +159,7 @@ def follow(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    spec = TrainingSpec.model_validate_json(args.spec.read_text(encoding="utf-8"))
+    spec = TrainingSpec.model_validate_json(args.spec_json or args.spec.read_text(encoding="utf-8"))
     try:
         validate_repository(args.repo)
     except ContractError as error:

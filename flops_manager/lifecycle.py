@@ -29,13 +29,14 @@ from flops_manager.models import (
     ProjectError,
     ProjectStatus,
 )
-from flops_manager.nodes import PlacementError, discover_nodes, place_learners
+from flops_manager.nodes import LocalNode, PlacementError, discover_nodes, place_learners
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError, ServiceSpec, ServiceStatus
 from flops_manager.settings import ManagerSettings
 from flops_manager.store import ProjectStore
 
 log = logging.getLogger("flops.manager")
 INFERENCE_START_TIMEOUT_S = 180.0
+REMOTE_RESULT_GRACE_S = 20.0
 
 
 def model_name_for(sla: ProjectSLA) -> str:
@@ -66,6 +67,75 @@ def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
     )
 
 
+class ActorPlan:
+    """How the FL actors run on one backend: commands, images, where code and data are.
+
+    Locally the actors are the build's environments and folders on this machine; on container
+    backends they are the images' console scripts, with the code inside the image.
+    """
+
+    IMAGE_REPO_DIR = "/app"
+
+    def __init__(
+        self,
+        backend: str,
+        local: bool,
+        aggregator: list[str],
+        learner: list[str],
+        repo_dir: str,
+        images: dict[str, str],
+        remote_data_root: str | None,
+    ) -> None:
+        self.backend = backend
+        self.local = local
+        self.aggregator = aggregator
+        self.learner = learner
+        self.repo_dir = repo_dir
+        self.images = images
+        self.remote_data_root = remote_data_root
+
+    @classmethod
+    def for_backend(cls, backend: str, build: BuildResult, settings: ManagerSettings) -> "ActorPlan":
+        if backend == "local":
+            return cls(
+                backend=backend,
+                local=True,
+                aggregator=[build.aggregator_python or sys.executable, "-m", "aggregator.main"],
+                learner=[build.learner_python or sys.executable, "-m", "learner.main"],
+                repo_dir=build.repo_dir,
+                images={},
+                remote_data_root=None,
+            )
+        images = dict(build.images)
+        repo_dir = cls.IMAGE_REPO_DIR
+        if not images and settings.placeholder_images:
+            # Only for stand-ins that run commands on this machine: name an image, use local code.
+            images = {
+                role: f"localhost/flops/{role}:{build.commit[:12] or 'local'}" for role in ("aggregator", "learner")
+            }
+            repo_dir = build.repo_dir
+        return cls(
+            backend=backend,
+            local=False,
+            aggregator=["flops-aggregator"],
+            learner=["flops-learner"],
+            repo_dir=repo_dir,
+            images=images,
+            remote_data_root=settings.remote_data_root,
+        )
+
+    def data_mounts(self, node: LocalNode) -> dict[str, str]:
+        """Containers on this machine see the node folder read-only at the same path."""
+        if self.backend != "docker" or self.remote_data_root:
+            return {}
+        return {str(node.data_dir): str(node.data_dir)}
+
+    def data_dir(self, node: LocalNode) -> str:
+        if self.remote_data_root:
+            return f"{self.remote_data_root.rstrip('/')}/{node.name}"
+        return str(node.data_dir)
+
+
 class Controller:
     """Drives every project of this manager; safe to call from API, MQTT and loop threads."""
 
@@ -75,6 +145,7 @@ class Controller:
         self.settings = settings
         self.lock = threading.RLock()
         self.wake = threading.Event()
+        self._finished_at: dict[str, float] = {}
 
     # ----------------------------------------------------------------- API side
     def submit(self, sla: ProjectSLA, customer_id: str) -> Project:
@@ -274,39 +345,40 @@ class Controller:
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_file = run_dir / "spec.json"
         spec_file.write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+        plan = ActorPlan.for_backend(orchestrator.name, project.build, self.settings)
         port = free_port()
         mqtt_env = self.settings.mqtt.env()
-        aggregator_python = project.build.aggregator_python or sys.executable
-        learner_python = project.build.learner_python or sys.executable
-        services = [
-            ServiceSpec(
-                project_id=project_id, name="aggregator", role="aggregator",
-                command=[
-                    aggregator_python, "-m", "aggregator.main", "--spec", str(spec_file),
-                    "--repo", project.build.repo_dir, "--state-dir", str(run_dir / "aggregator"),
-                    "--port", str(port), "--tracking-uri", self.settings.tracking_uri, "--insecure",
-                ],
-                env=mqtt_env, ports={"superlink": port},
-                memory_mb=sla.resource_constraints.memory, vcpus=sla.resource_constraints.vcpus,
-            )
-        ]  # fmt: skip
-        for node in nodes:
-            services.append(
-                ServiceSpec(
-                    project_id=project_id, name=f"learner-{node.name}", role="learner", node=node.name,
-                    command=[
-                        learner_python, "-m", "learner.main", "--superlink", f"127.0.0.1:{port}",
-                        "--data-dir", str(node.data_dir), "--data-tags", ",".join(config.data_tags),
-                        "--node-name", node.name, "--insecure",
-                    ],
-                    env={**mqtt_env, "FLOPS_PROJECT_ID": project_id},
-                    memory_mb=sla.resource_constraints.memory, vcpus=sla.resource_constraints.vcpus,
-                )
-            )  # fmt: skip
+        resources: dict[str, Any] = {
+            "memory_mb": sla.resource_constraints.memory,
+            "vcpus": sla.resource_constraints.vcpus,
+        }
+        aggregator = ServiceSpec(
+            project_id=project_id, name="aggregator", role="aggregator", image=plan.images.get("aggregator"),
+            command=[
+                *plan.aggregator, "--spec-json", spec.model_dump_json(), "--repo", plan.repo_dir,
+                "--state-dir", str(run_dir / "aggregator") if plan.local else f"/tmp/flops-{project_id}",
+                "--host", "127.0.0.1" if plan.local else "0.0.0.0",
+                "--port", str(port), "--tracking-uri", self.settings.tracking_uri, "--insecure",
+            ],
+            env=mqtt_env, ports={"superlink": port}, **resources,
+        )  # fmt: skip
         handles: list[ProcessHandle] = []
         try:
-            for service in services:
-                handles.append(orchestrator.deploy(service))
+            handles.append(orchestrator.deploy(aggregator))
+            superlink = f"{handles[0].address or '127.0.0.1'}:{port}"
+            for node in nodes:
+                learner = ServiceSpec(
+                    project_id=project_id, name=f"learner-{node.name}", role="learner", node=node.name,
+                    image=plan.images.get("learner"),
+                    command=[
+                        *plan.learner, "--superlink", superlink, "--data-dir", plan.data_dir(node),
+                        "--data-tags", ",".join(config.data_tags), "--node-name", node.name, "--insecure",
+                    ],
+                    env={**mqtt_env, "FLOPS_PROJECT_ID": project_id},
+                    read_only_mounts=plan.data_mounts(node),
+                    **resources,
+                )  # fmt: skip
+                handles.append(orchestrator.deploy(learner))
         except OrchestratorError as error:
             for handle in handles:
                 orchestrator.undeploy(handle)
@@ -323,6 +395,10 @@ class Controller:
             return
         summary = read_summary(self._run_dir(project.project_id) / "aggregator")
         if summary is None:
+            # A remote aggregator's result comes as an event, which may trail its exit a little.
+            first_seen = self._finished_at.setdefault(project.project_id, time.monotonic())
+            if handle.backend != "local" and time.monotonic() - first_seen < REMOTE_RESULT_GRACE_S:
+                return
             tail = self._orchestrator(project).logs(handle, tail=15)
             summary = TrainingSummary(
                 status="failed",
@@ -363,6 +439,7 @@ class Controller:
                             message="local target: the registered model is the artefact; no image built"),
             )  # fmt: skip
         if PostTrainingStep.DEPLOY_IMAGE not in steps or not project.model_version:
+            self._release_backend(project)
             self.store.transition(project_id, ProjectStatus.COMPLETED)
             return
         port = free_port()
@@ -422,6 +499,18 @@ class Controller:
             removed.append(handle.name)
         if removed:
             self._mark_inactive(project.project_id, removed)
+        if not keep_inference:
+            self._release_backend(fresh)
+
+    def _release_backend(self, project: Project) -> None:
+        """Remove what the backend keeps per project (an Oakestra application, say)."""
+        orchestrator = self._orchestrator(project)
+        undeploy_project = getattr(orchestrator, "undeploy_project", None)
+        if callable(undeploy_project):
+            try:
+                undeploy_project(project.project_id)
+            except OrchestratorError as error:
+                log.warning("releasing %s on %s: %s", project.project_id, orchestrator.name, error)
 
     def stop_inference(self, project_id: str) -> None:
         with self.lock:

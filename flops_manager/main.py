@@ -1,6 +1,7 @@
 """`flops-manager`: the REST API, the MQTT event listener and the reconcile loop in one service."""
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -14,15 +15,20 @@ from flops_manager.auth import TokenService
 from flops_manager.lifecycle import Controller
 from flops_manager.orchestration.base import Orchestrator
 from flops_manager.orchestration.local import LocalOrchestrator
+from flops_manager.orchestration.oakestra import OakestraOrchestrator
 from flops_manager.settings import ManagerSettings
-from flops_manager.store import open_store
+from flops_manager.store import ProjectStore, open_store
 
 MANAGER_CLIENT_ID = "flops-manager"
 log = logging.getLogger("flops.manager")
 
 
-def build_orchestrators(settings: ManagerSettings) -> dict[str, Orchestrator]:
-    return {"local": LocalOrchestrator(settings.runs_dir)}
+def build_orchestrators(settings: ManagerSettings, store: ProjectStore) -> dict[str, Orchestrator]:
+    """The local backend always; Oakestra when its system manager is configured."""
+    orchestrators: dict[str, Orchestrator] = {"local": LocalOrchestrator(settings.runs_dir)}
+    if os.environ.get("FLOPS_OAKESTRA_URL"):
+        orchestrators["oakestra"] = OakestraOrchestrator.from_env(store)
+    return orchestrators
 
 
 def main() -> None:
@@ -36,7 +42,7 @@ def main() -> None:
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)
     if revealed:
         print(f"flops-manager: admin token created (shown once, also in {token_file}): {revealed}", flush=True)
-    controller = Controller(store, build_orchestrators(settings), settings)
+    controller = Controller(store, build_orchestrators(settings, store), settings)
 
     def on_message(topic: str, body: bytes) -> None:
         try:

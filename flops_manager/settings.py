@@ -20,6 +20,10 @@ class ManagerSettings(BaseModel):
     reconcile_interval_s: float = 1.0
     admin_token: str | None = None
     admin_token_file: Path | None = None
+    # Where node data lies on remote workers (`<root>/<node name>`); None: the local folders.
+    remote_data_root: str | None = None
+    # Name images when a build made none: only for stand-ins that run commands locally.
+    placeholder_images: bool = False
 
     @property
     def runs_dir(self) -> Path:
@@ -50,4 +54,6 @@ class ManagerSettings(BaseModel):
             reconcile_interval_s=float(os.environ.get("FLOPS_RECONCILE_INTERVAL", "1.0")),
             admin_token=os.environ.get("FLOPS_ADMIN_TOKEN") or None,
             admin_token_file=Path(token_file) if token_file else None,
+            remote_data_root=os.environ.get("FLOPS_REMOTE_DATA_ROOT") or None,
+            placeholder_images=os.environ.get("FLOPS_PLACEHOLDER_IMAGES") == "1",
         )

@@ -249,6 +249,7 @@ class OakestraStandin:
         ]  # fmt: skip
         # Behaviour switches for tests:
         self.outcomes: dict[str, tuple[str, str]] = {}  # microservice_name -> (final status, detail)
+        self.default_outcome: tuple[str, str] | None = None  # the same, for every service
         self.fail_services: dict[str, str] = {}  # microservice_name -> reason, answered with HTTP 200
         self.one_shot_completes = True  # simulated (not run) one-shot services complete after RUNNING
         self.reschedule_failed = True  # FAILED instances are re-deployed, as Oakestra does
@@ -588,7 +589,7 @@ class OakestraStandin:
 
     def _advance(self, service: Service) -> None:
         """One poll's worth of progress for each instance of `service`."""
-        outcome = self.outcomes.get(service.doc["service_name"])
+        outcome = self._outcome(service)
         for instance in service.instances:
             if instance.status == "FAILED" and self.reschedule_failed:
                 # Oakestra re-deploys a failed instance; its FAILED was visible for one poll only.
@@ -655,9 +656,22 @@ class OakestraStandin:
             instance = Instance(number=service.next_number)
             service.next_number += 1
             service.instances.append(instance)
-            if self.run_locally and service.doc["service_name"] not in self.outcomes:
+            if self.run_locally and self._outcome(service) is None:
                 self._start(service, instance)
         return self._json(200, {"message": "ok"})
+
+    def _outcome(self, service: Service) -> tuple[str, str] | None:
+        return self.outcomes.get(service.doc["service_name"], self.default_outcome)
+
+    def running_processes(self) -> int:
+        """Locally run instances whose process is still alive."""
+        with self._lock:
+            return sum(
+                1
+                for service in self.services.values()
+                for instance in service.instances
+                if instance.process is not None and instance.process.running()
+            )
 
     def _undeploy_instance(self, user: str, service_id: str, number: str) -> Any:
         service = self._owned(user, service_id)

@@ -35,7 +35,7 @@ def make_git_repo(source: Path, target: Path) -> Path:
 class Manager:
     """A real manager process with its broker; restartable."""
 
-    def __init__(self, home: Path, tracking: str) -> None:
+    def __init__(self, home: Path, tracking: str, extra_env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,6 +52,7 @@ class Manager:
             "FLOPS_MANAGER_PORT": str(self.port),
             "FLOPS_ADMIN_TOKEN": self.admin_token,
             "FLOPS_RECONCILE_INTERVAL": "0.5",
+            **(extra_env or {}),
         }
         self.process: ManagedProcess | None = None
         self.start()
