@@ -74,7 +74,7 @@ def plain_run(work: Path, data: Path, rounds: int) -> list[float]:
         time.sleep(3)
         subprocess.run([str(BIN / "flwr"), "run", str(app), "bench"], env={**os.environ, **env}, check=True,
                        capture_output=True)  # fmt: skip
-        wait_until(lambda: round_log.is_file() and len(round_log.read_text().split("\n")) > rounds, 900, 0.5)
+        wait_until(lambda: round_log.is_file() and len(round_log.read_text().splitlines()) > rounds, 900, 0.5)
     finally:
         for process in [*nodes, superlink]:
             process.stop()
