@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from flops.runtime_env import process_env
 
 
@@ -88,23 +90,41 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(pgid: int, grace: float = 5.0) -> None:
-    """Terminate every process in group `pgid`, killing stragglers after `grace` seconds."""
+def descendants(pid: int) -> list[psutil.Process]:
+    """All processes below `pid`: Flower's app processes may leave its process group."""
     try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def stop_group(pgid: int, grace: float = 5.0) -> None:
+    """Terminate group `pgid` and every descendant of its leader, killing stragglers after `grace` s."""
+    offspring = descendants(pgid)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    for child in offspring:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         _reap(pgid)
-        if not group_alive(pgid):
+        if not group_alive(pgid) and not any(_alive(child) for child in offspring):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+    for child in offspring:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
     _reap(pgid)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _reap(pid: int) -> None:

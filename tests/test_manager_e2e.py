@@ -188,11 +188,14 @@ def test_cancel_during_training_leaves_no_process(manager: Manager, digits_repo:
     running = manager.wait_for(project_id, ("training",))
     sessions = {int(h["ref"]) for h in running["deployment"] if h["name"] != "builder"}
     assert {"aggregator", "learner-node-1", "learner-node-2"} <= set(running["components"])
-    assert session_members(sessions), "the FL actors should be running"
+    members = session_members(sessions)
+    assert members, "the FL actors should be running"
+    spawned = {c.pid for pid in members for c in psutil.Process(pid).children(recursive=True)} | members
     assert manager.call("DELETE", f"/api/flops/projects/{project_id}").status_code == 202
     project = manager.wait_for(project_id, FINAL, timeout=60)
     assert project["status"] == "cancelled"
     assert wait_until(lambda: not session_members(sessions), 20), session_members(sessions)
+    assert wait_until(lambda: not [p for p in spawned if psutil.pid_exists(p)], 20)
     assert not any(h["active"] for h in project["deployment"])
 
 
