@@ -40,6 +40,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -377,7 +378,7 @@ class BuildahEngine:
         return run_all([*cmd, str(context)], self.log, f"building the {target} image for {platform}")
 
     def push(self, manifest: str, ref: str) -> None:
-        cmd = self._cmd("manifest", "push", "--all", *self._registry_flags(), manifest, f"docker://{ref}")
+        cmd = self._cmd("manifest", "push", "--all", "--quiet", *self._registry_flags(), manifest, f"docker://{ref}")
         run_all(cmd, self.log, f"pushing {ref}")
 
     def remove_manifest(self, manifest: str) -> None:
@@ -399,11 +400,11 @@ class DockerEngine:
             raise OciBuildError("--engine docker builds one platform at a time; use buildah for manifest lists")
         if options.ca_bundle or options.pip_find_links:
             raise OciBuildError("--ca-bundle and --pip-find-links need --engine buildah (build volumes)")
-        import docker
+        from docker.client import DockerClient, from_env
 
         self.options = options
         self.log = log
-        self.client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        self.client = DockerClient(base_url=base_url) if base_url else from_env()
 
     def build(
         self,
@@ -673,29 +674,38 @@ def build_fl_images(
             )
             (context / f"Containerfile.{arch_of(platform_name)}").write_text(text, encoding="utf-8")
         durations["context"] = round(time.monotonic() - started, 3)
-        for role in FL_ROLES:
-            manifest = f"localhost/flops-build/{image_component(customer)}/{image_component(name)}/{role}:{tag}"
-            engine.remove_manifest(manifest)
-            lines: list[str] = []
-            for platform_name in options.platforms:
-                started = time.monotonic()
-                log(f"building the {role} image for {platform_name}")
-                with _settings(engine, options, platform_name) as volumes:
-                    lines += engine.build(
-                        context, context / f"Containerfile.{arch_of(platform_name)}", role, platform_name, manifest,
-                        volumes,
-                    )  # fmt: skip
-                durations[f"{role}_image_{arch_of(platform_name)}"] = round(time.monotonic() - started, 3)
-            cache[role] = count_cached_steps(lines)
-            cache[role]["dependencies_cached"] = int(dependency_step_cached(lines))
-            started = time.monotonic()
-            engine.push(manifest, refs[role])
-            engine.remove_manifest(manifest)
-            durations[f"{role}_push"] = round(time.monotonic() - started, 3)
-            log(f"pushed {refs[role]}")
+        # Each image is pushed (compressed: CPU-bound) while the next one builds.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as pusher:
+            pushes: list[Future[None]] = []
+            for role in FL_ROLES:
+                manifest = f"localhost/flops-build/{image_component(customer)}/{image_component(name)}/{role}:{tag}"
+                engine.remove_manifest(manifest)
+                lines: list[str] = []
+                for platform_name in options.platforms:
+                    started = time.monotonic()
+                    log(f"building the {role} image for {platform_name}")
+                    with _settings(engine, options, platform_name) as volumes:
+                        lines += engine.build(
+                            context, context / f"Containerfile.{arch_of(platform_name)}", role, platform_name,
+                            manifest, volumes,
+                        )  # fmt: skip
+                    durations[f"{role}_image_{arch_of(platform_name)}"] = round(time.monotonic() - started, 3)
+                cache[role] = count_cached_steps(lines)
+                cache[role]["dependencies_cached"] = int(dependency_step_cached(lines))
+                pushes.append(pusher.submit(_push, engine, manifest, refs[role], durations, f"{role}_push", log))
+            for push in pushes:
+                push.result()
     finally:
         remove_tree(context)
     return FlBuild(commit, tag, digest, refs, reused=False, durations=durations, cache=cache)
+
+
+def _push(engine: Engine, manifest: str, ref: str, durations: dict[str, float], key: str, log: Log) -> None:
+    started = time.monotonic()
+    engine.push(manifest, ref)
+    engine.remove_manifest(manifest)
+    durations[key] = round(time.monotonic() - started, 3)
+    log(f"pushed {ref}")
 
 
 def _lines(items: Sequence[str]) -> str:
@@ -852,6 +862,21 @@ def resolve_model_version(tracking_uri: str, model_uri: str) -> tuple[str, str]:
     return name, str(version)
 
 
+@contextlib.contextmanager
+def _mlflow_uris(uri: str) -> Iterator[None]:
+    """MLflow's tracking and registry URIs set to `uri` for the block (models:/ URIs need both)."""
+    import mlflow
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
 def inference_requirements(model_dir: Path) -> list[str]:
     """The model's own requirements with MLflow replaced by the serving-only mlflow-skinny."""
     mlflow_version = importlib.metadata.version("mlflow")
@@ -871,7 +896,26 @@ def inference_requirements(model_dir: Path) -> list[str]:
             requirements[0] = f"mlflow-skinny=={mlflow_version}"
             continue
         requirements.append(text)
+    # What the flavour loads with but MLflow does not always list (skops-serialised sklearn).
+    names = _names(requirements)
+    for package in _flavor_packages(model_dir / "MLmodel"):
+        if package not in names:
+            requirements.append(package)
     return requirements
+
+
+def _flavor_packages(mlmodel: Path) -> list[str]:
+    import yaml
+
+    try:
+        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+    except (OSError, yaml.YAMLError):
+        return []
+    packages = []
+    for flavor in flavors.values():
+        if isinstance(flavor, dict) and flavor.get("serialization_format") in ("skops", "cloudpickle"):
+            packages.append(str(flavor["serialization_format"]))
+    return packages
 
 
 def build_inference_image(
@@ -905,11 +949,12 @@ def build_inference_image(
     context = Path(tempfile.mkdtemp(dir=work, prefix="inference-"))
     try:
         log(f"downloading models:/{name}/{version} from {tracking_uri}")
-        downloaded = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}", dst_path=str(context / "download"), tracking_uri=tracking_uri
+        with _mlflow_uris(tracking_uri):
+            downloaded = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}", dst_path=str(context / "download")
+                )
             )
-        )
         os.rename(downloaded, context / "model")
         remove_tree(context / "download")
         requirements = inference_requirements(context / "model")
@@ -1043,6 +1088,29 @@ def image_size(ref: str, storage_driver: str | None = DEFAULT_STORAGE_DRIVER) ->
     if result.returncode:
         raise OciBuildError(f"cannot inspect {ref}: {result.stderr.strip()}")
     return int(result.stdout.strip().splitlines()[0])
+
+
+def compressed_sizes(ref: str, tls_verify: bool = True, auth_file: Path | None = None) -> dict[str, int]:
+    """Bytes a pull transfers, per platform of `ref` (layers + config, as the registry holds them)."""
+
+    def raw(reference: str) -> dict[str, Any]:
+        cmd = ["skopeo", "inspect", "--raw", f"--tls-verify={'true' if tls_verify else 'false'}"]
+        if auth_file:
+            cmd += ["--authfile", str(auth_file)]
+        result = subprocess.run([*cmd, f"docker://{reference}"], capture_output=True, text=True, check=False)
+        if result.returncode:
+            raise OciBuildError(f"cannot inspect {reference}: {result.stderr.strip()[-300:]}")
+        return dict(json.loads(result.stdout))
+
+    index = raw(ref)
+    name = ref.rsplit(":", 1)[0]
+    entries = index.get("manifests") or [{"digest": "", "platform": {"os": "linux", "architecture": "?"}}]
+    sizes = {}
+    for entry in entries:
+        manifest = raw(f"{name}@{entry['digest']}") if entry["digest"] else index
+        platform = f"{entry['platform']['os']}/{entry['platform']['architecture']}"
+        sizes[platform] = sum(int(layer["size"]) for layer in manifest["layers"]) + int(manifest["config"]["size"])
+    return sizes
 
 
 def file_digest(path: Path) -> str:

@@ -168,9 +168,20 @@ class ContainerWorld:
             raise RuntimeError(f"the Podman API did not start: {process.log_tail()}")
 
     def stop(self) -> None:
+        """Stop the registry and the API, remove containers, storage and the CONTAINERS_* variables."""
+        if self.env:
+            self.run("podman", "rm", "--all", "--force", "--time", "0", timeout=120)
+            self.run("buildah", "rm", "--all", timeout=120)
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
+        storage = self.root / "storage"
+        if storage.is_dir():
+            mounts = self.run("findmnt", "-rn", "-o", "TARGET").stdout.split()
+            for target in sorted((m for m in mounts if m.startswith(str(storage))), key=len, reverse=True):
+                self.run("umount", "-l", target)
+            shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(self.root / "registry" / "data", ignore_errors=True)
         for key in self.env:
             os.environ.pop(key, None)
 
@@ -188,7 +199,27 @@ class ContainerWorld:
         return import_base_image(tarball, tag, arch)
 
 
-def timed(function, *args, **kwargs):  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    value = function(*args, **kwargs)
-    return value, time.monotonic() - started
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=test@flops.invalid", "-c", "user.name=FLOps tests", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def make_git_repo(source: Path, dest: Path) -> Path:
+    """A git repository holding a copy of `source` (one commit)."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "initial")
+    return dest
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 1)
