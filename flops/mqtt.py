@@ -44,15 +44,19 @@ class MqttSettings(BaseModel):
             ca_file=os.environ.get("FLOPS_MQTT_CA_FILE") or None,
         )
 
-    def env(self) -> dict[str, str]:
-        """Environment that gives a child process these settings (password via file only)."""
+    def env(self, same_filesystem: bool = True) -> dict[str, str]:
+        """Environment that gives a child process these settings.
+
+        On this machine the password travels as the path of its file; a container or a
+        remote node cannot open that path, so it gets the password itself.
+        """
         values = {"FLOPS_MQTT_HOST": self.host, "FLOPS_MQTT_PORT": str(self.port)}
         if self.username:
             values["FLOPS_MQTT_USERNAME"] = self.username
         if self.ca_file:
             values["FLOPS_MQTT_CA_FILE"] = self.ca_file
         password_file = os.environ.get("FLOPS_MQTT_PASSWORD_FILE")
-        if password_file:
+        if password_file and same_filesystem:
             values["FLOPS_MQTT_PASSWORD_FILE"] = password_file
         elif self.password:
             values["FLOPS_MQTT_PASSWORD"] = self.password

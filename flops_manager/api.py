@@ -25,6 +25,8 @@ from flops_manager.nodes import PlacementError, discover_nodes, place_learners
 from flops_manager.openapi import openapi_document
 
 MAX_BODY_BYTES = 1024 * 1024
+# Containers get resource_constraints.memory as a hard limit; below this an FL actor cannot start.
+MIN_CONTAINER_MEMORY_MB = 512
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -144,6 +146,21 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                 f"backend '{sla.backend.value}' is not configured on this manager",
                 {"available": sorted(controller.orchestrators)},
             )
+        if sla.backend is Backend.DOCKER and settings.images is None:
+            raise ApiError(
+                422,
+                "backend 'docker' runs images from a registry, and this manager has none: "
+                "set FLOPS_REGISTRY (and FLOPS_REGISTRY_TLS_VERIFY, FLOPS_REGISTRY_AUTH_FILE) and restart it",
+                {"field": "backend"},
+            )
+        if sla.backend is Backend.DOCKER and sla.resource_constraints.memory < MIN_CONTAINER_MEMORY_MB:
+            raise ApiError(
+                422,
+                f"resource_constraints.memory is {sla.resource_constraints.memory} MB, and the docker backend "
+                f"applies it as each container's limit: give at least {MIN_CONTAINER_MEMORY_MB} MB "
+                "(Flower and the model run in every FL actor)",
+                {"field": "resource_constraints.memory", "minimum": MIN_CONTAINER_MEMORY_MB},
+            )
         try:
             fetched = fetch_repository(sla.ml_repo_url, sla.ml_repo_ref, settings.home / "repos")
             validate_repository(fetched.path)
@@ -151,7 +168,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             raise ApiError(422, str(error), {"field": "ml_repo_url"}) from error
         except ContractError as error:
             raise ApiError(422, str(error).splitlines()[0], {"problems": error.problems}) from error
-        if sla.backend is Backend.LOCAL:
+        if sla.backend in (Backend.LOCAL, Backend.DOCKER):  # learners on this machine's node folders
             config = sla.training_configuration
             try:
                 place_learners(discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients)

@@ -33,6 +33,7 @@ from flops_manager.nodes import LocalNode, PlacementError, discover_nodes, place
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError, ServiceSpec, ServiceStatus
 from flops_manager.settings import ManagerSettings
 from flops_manager.store import ProjectStore
+from image_builder.containerfiles import MODEL_DIR
 
 log = logging.getLogger("flops.manager")
 INFERENCE_START_TIMEOUT_S = 180.0
@@ -288,6 +289,13 @@ class Controller:
         ]  # fmt: skip
         if sla.ml_repo_ref:
             command += ["--ref", sla.ml_repo_ref]
+        if self._builds_images(project):
+            assert self.settings.images is not None
+            command += [
+                "--target", "oci", *self.settings.images.builder_args(),
+                "--platforms", ",".join(sla.supported_platforms), "--customer", project.customer_id,
+                "--image-name", project.model_name or model_name_for(sla),
+            ]  # fmt: skip
         spec = ServiceSpec(
             project_id=project.project_id, name="builder", role="builder", command=command,
             env=self.settings.mqtt.env(), one_shot=True,
@@ -316,8 +324,12 @@ class Controller:
             message = (result or {}).get("error") or f"the builder exited ({state.detail or state.exit_code})"
             self._fail(project.project_id, "building", message)
 
+    def _builds_images(self, project: Project) -> bool:
+        """Container backends train from OCI images when a registry is configured."""
+        return self.settings.images is not None and project.parsed_sla().backend is not Backend.LOCAL
+
     def _build_succeeded(self, project_id: str, build: BuildResult) -> None:
-        self.store.update(project_id, {"build": build.model_dump(mode="json")})
+        self.store.update(project_id, {"build": build.model_dump(mode="json"), "image_refs": dict(build.images)})
         project = self.store.get(project_id)
         if project is not None:
             builder = self._handle(project, "builder")
@@ -347,7 +359,7 @@ class Controller:
         spec_file.write_text(spec.model_dump_json(indent=2), encoding="utf-8")
         plan = ActorPlan.for_backend(orchestrator.name, project.build, self.settings)
         port = free_port()
-        mqtt_env = self.settings.mqtt.env()
+        mqtt_env = self.settings.mqtt.env(same_filesystem=plan.local)
         resources: dict[str, Any] = {
             "memory_mb": sla.resource_constraints.memory,
             "vcpus": sla.resource_constraints.vcpus,
@@ -431,51 +443,106 @@ class Controller:
         project = self.store.get(project_id)
         if project is None:
             return
-        steps = project.parsed_sla().post_training_steps
-        if PostTrainingStep.BUILD_IMAGE in steps and project.parsed_sla().backend is Backend.LOCAL:
+        if PostTrainingStep.BUILD_IMAGE in project.parsed_sla().post_training_steps and not self._builds_images(
+            project
+        ):
             self.store.record_event(
                 project_id, uuid.uuid4().hex,
                 EventRecord(time=time.time(), component="post_training", event="skipped",
-                            message="local target: the registered model is the artefact; no image built"),
+                            message="local target or no registry: the registered model is the artefact, no image"),
             )  # fmt: skip
-        if PostTrainingStep.DEPLOY_IMAGE not in steps or not project.model_version:
-            self._release_backend(project)
-            self.store.transition(project_id, ProjectStatus.COMPLETED)
-            return
-        port = free_port()
-        python = (project.build.aggregator_python if project.build else None) or sys.executable
-        spec = ServiceSpec(
-            project_id=project_id, name="inference", role="inference",
-            command=[
-                python, "-m", "mlflow", "models", "serve", "-m",
-                f"models:/{project.model_name}/{project.model_version}",
-                "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local", "--workers", "1",
-            ],
-            env={"MLFLOW_TRACKING_URI": self.settings.tracking_uri}, ports={"http": port},
-        )  # fmt: skip
-        try:
-            handle = self._orchestrator(project).deploy(spec)
-        except OrchestratorError as error:
-            self._fail(project_id, "post_training", str(error))
-            return
-        handle.address = f"http://127.0.0.1:{port}"
-        self._add_handles(project_id, [handle])
+        self._check_post_training(project)
 
     def _check_post_training(self, project: Project) -> None:
+        """Build the inference image (container backends), deploy the model server, wait for /ping."""
+        steps = project.parsed_sla().post_training_steps
+        wants_image = PostTrainingStep.BUILD_IMAGE in steps and self._builds_images(project)
+        if wants_image and project.model_version and "inference" not in project.image_refs:
+            if not self._inference_image_built(project):
+                return
+            project = self.store.get(project.project_id) or project
+        if PostTrainingStep.DEPLOY_IMAGE not in steps or not project.model_version:
+            self._release_backend(project)
+            self.store.transition(project.project_id, ProjectStatus.COMPLETED)
+            return
         handle = self._handle(project, "inference")
         if handle is None:
-            self._start_post_training(project.project_id)
+            self._deploy_inference(project)
             return
         if handle.address and http_ok(f"{handle.address}/ping"):
             self.store.update(project.project_id, {"inference_url": f"{handle.address}/invocations"})
             self.store.transition(project.project_id, ProjectStatus.COMPLETED)
             return
         state = self._orchestrator(project).status(handle)
-        started = project.stages.get(ProjectStatus.POST_TRAINING.value)
-        waited = time.time() - started.started_at if started else 0.0
-        if state.finished or waited > INFERENCE_START_TIMEOUT_S:
+        if state.finished or time.time() - handle.started_at > INFERENCE_START_TIMEOUT_S:
             tail = self._orchestrator(project).logs(handle, tail=15)
             self._fail(project.project_id, "post_training", f"the model server did not start:\n{tail}")
+
+    def _inference_image_built(self, project: Project) -> bool:
+        """Start or follow the one-shot inference-image build; True once its image is recorded."""
+        assert self.settings.images is not None
+        result_file = self._run_dir(project.project_id) / "inference-build.json"
+        handle = self._handle(project, "inference-builder")
+        if handle is None:
+            result_file.unlink(missing_ok=True)
+            command = [
+                sys.executable, "-m", "image_builder.inference", "--tracking-uri", self.settings.tracking_uri,
+                "--model-uri", f"models:/{project.model_name}/{project.model_version}",
+                *self.settings.images.builder_args(), "--customer", project.customer_id,
+                "--project", project.model_name or model_name_for(project.parsed_sla()),
+                "--platforms", ",".join(project.parsed_sla().supported_platforms),
+                "--cache-dir", str(self.settings.builds_dir), "--result-file", str(result_file),
+            ]  # fmt: skip
+            spec = ServiceSpec(
+                project_id=project.project_id, name="inference-builder", role="builder", command=command, one_shot=True
+            )
+            try:
+                self._add_handles(project.project_id, [self._builder_local().deploy(spec)])
+            except OrchestratorError as error:
+                self._fail(project.project_id, "post_training", str(error))
+            return False
+        state = self._builder_local().status(handle)
+        if not state.finished:
+            return False
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        self._mark_inactive(project.project_id, ["inference-builder"])
+        if not result.get("image"):
+            tail = self._builder_local().logs(handle, tail=10)
+            message = result.get("error") or f"the inference-image builder exited ({state.detail or state.exit_code})"
+            self._fail(project.project_id, "post_training", f"inference image: {message}\n{tail}".strip())
+            return False
+        self.store.update(project.project_id, {"image_refs": {**project.image_refs, "inference": result["image"]}})
+        self.store.record_event(
+            project.project_id, uuid.uuid4().hex,
+            EventRecord(time=time.time(), component="post_training", event="image_built", message=result["image"]),
+        )  # fmt: skip
+        return True
+
+    def _deploy_inference(self, project: Project) -> None:
+        """The model server: the inference image on container backends, else `mlflow models serve`."""
+        port = free_port()
+        image = project.image_refs.get("inference")
+        local = self._orchestrator(project).name == "local"
+        serve = ["-h", "127.0.0.1" if local else "0.0.0.0", "-p", str(port), "--env-manager", "local", "--workers", "1"]
+        if image:
+            command = ["mlflow", "models", "serve", "-m", MODEL_DIR, *serve]
+            env: dict[str, str] = {}
+        else:
+            python = (project.build.aggregator_python if project.build else None) or sys.executable
+            model_uri = f"models:/{project.model_name}/{project.model_version}"
+            command = [python, "-m", "mlflow", "models", "serve", "-m", model_uri, *serve]
+            env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri}
+        spec = ServiceSpec(
+            project_id=project.project_id, name="inference", role="inference", image=image, command=command,
+            env=env, ports={"http": port},
+        )  # fmt: skip
+        try:
+            handle = self._orchestrator(project).deploy(spec)
+        except OrchestratorError as error:
+            self._fail(project.project_id, "post_training", str(error))
+            return
+        handle.address = f"http://127.0.0.1:{port}"
+        self._add_handles(project.project_id, [handle])
 
     # ---------------------------------------------------------------- teardown
     def _mark_inactive(self, project_id: str, names: list[str]) -> None:

@@ -13,7 +13,7 @@ from flops.mqtt import EventSubscriber
 from flops_manager.api import create_app
 from flops_manager.auth import TokenService
 from flops_manager.lifecycle import Controller
-from flops_manager.orchestration.base import Orchestrator
+from flops_manager.orchestration.base import Orchestrator, OrchestratorError
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.orchestration.oakestra import OakestraOrchestrator
 from flops_manager.settings import ManagerSettings
@@ -24,8 +24,15 @@ log = logging.getLogger("flops.manager")
 
 
 def build_orchestrators(settings: ManagerSettings, store: ProjectStore) -> dict[str, Orchestrator]:
-    """The local backend always; Oakestra when its system manager is configured."""
+    """The local backend always; docker with DOCKER_HOST; Oakestra when its system manager is configured."""
     orchestrators: dict[str, Orchestrator] = {"local": LocalOrchestrator(settings.runs_dir)}
+    if os.environ.get("DOCKER_HOST"):
+        from flops_manager.orchestration.docker import DockerOrchestrator
+
+        try:
+            orchestrators["docker"] = DockerOrchestrator()
+        except OrchestratorError as error:
+            raise SystemExit(f"flops-manager: {error}; start the engine or unset DOCKER_HOST") from error
     if os.environ.get("FLOPS_OAKESTRA_URL"):
         orchestrators["oakestra"] = OakestraOrchestrator.from_env(store)
     return orchestrators

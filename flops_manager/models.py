@@ -73,6 +73,7 @@ class ProcessHandle(BaseModel):
     log_path: str | None = None
     address: str | None = None
     active: bool = True
+    started_at: float = Field(default_factory=time.time)
 
 
 class EventRecord(BaseModel):

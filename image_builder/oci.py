@@ -59,7 +59,8 @@ from image_builder.environments import (
 )
 from image_builder.files import copy_repository, remove_tree, text_digest
 
-OCI_FORMAT = 1
+OCI_FORMAT = 2
+SLIM_SCRIPT = Path(__file__).with_name("slim.py")
 DEFAULT_BASE_IMAGE = "docker.io/library/python:3.11-slim"  # `python:3.11-slim`, fully qualified
 LOCAL_BASE_IMAGE = "localhost/flops/python:3.11"
 FL_ROLES = ("learner", "aggregator")
@@ -228,6 +229,40 @@ def builder_uv() -> Path | None:
     return uv if uv.is_file() and os.access(uv, os.X_OK) else None
 
 
+def installer_uv(options: OciOptions, platform: str = "") -> Path | None:
+    """The uv that RUN steps for `platform` install with (native platforms), or None: pip."""
+    uv = builder_uv() if options.installer == "auto" else None
+    return uv if uv is not None and (not platform or arch_of(platform) == host_arch()) else None
+
+
+def host_strip(platform: str = "") -> Path | None:
+    """This machine's `strip` (binutils), usable in RUN steps of native platforms, or None."""
+    strip = shutil.which("strip")
+    if strip is None or shutil.which("ldd") is None or (platform and arch_of(platform) != host_arch()):
+        return None
+    return Path(strip).resolve()
+
+
+def strip_bundle(strip: Path, dest: Path) -> None:
+    """`strip` with its shared libraries and loader, runnable in any root file system of this arch.
+
+    Run as `dest/ld.so --library-path dest dest/strip`: the host's loader and libraries come
+    along, so the base image's C library does not matter and nothing is installed in it.
+    """
+    dest.mkdir(parents=True)
+    shutil.copy2(strip, dest / "strip")
+    listed = subprocess.run(["ldd", str(strip)], capture_output=True, text=True, check=True).stdout
+    for line in listed.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > parts.index("=>") + 1 and parts[parts.index("=>") + 1].startswith("/"):
+            library = Path(parts[parts.index("=>") + 1])
+            shutil.copy2(library.resolve(), dest / library.name)
+        elif parts and parts[0].startswith("/") and "ld-linux" in parts[0]:
+            shutil.copy2(Path(parts[0]).resolve(), dest / "ld.so")
+    if not (dest / "ld.so").is_file():
+        raise OciBuildError(f"cannot find the dynamic loader of {strip} in `ldd` output")
+
+
 @contextlib.contextmanager
 def build_settings(options: OciOptions, platform: str = "") -> Iterator[list[tuple[str, str]]]:
     """Volumes (host, container) giving RUN steps the installer settings; removed afterwards.
@@ -276,8 +311,11 @@ def build_settings(options: OciOptions, platform: str = "") -> Iterator[list[tup
         if links:
             lines.append("find-links = " + " ".join(links))
         (folder / "pip.conf").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        uv = builder_uv() if options.installer == "auto" else None
-        if uv is not None and (not platform or arch_of(platform) == host_arch()):
+        strip = host_strip(platform)
+        if strip is not None:
+            strip_bundle(strip, folder / "strip")
+        uv = installer_uv(options, platform)
+        if uv is not None:
             (folder / "uv").touch()
             volumes.append((str(uv.resolve()), f"{mount}/uv"))
             uv_args: list[str] = []
@@ -596,6 +634,7 @@ def fl_build_config(
     config = {
         "format": OCI_FORMAT,
         "template": containerfiles.FL_ACTORS,
+        "slim": text_digest(SLIM_SCRIPT.read_text(encoding="utf-8")),
         "base_image": options.base_image,
         "platforms": sorted(options.platforms),
         "requirements": sorted(set(base) | set(user)),
@@ -605,6 +644,12 @@ def fl_build_config(
         "build_packages": list(options.build_packages),
     }
     return text_digest(config)[:12], config
+
+
+def _add_slimming(requirements: Path, user_requirements: Sequence[str]) -> None:
+    """slim.py and the requirements whose modules it compiles in full, for the deps step."""
+    shutil.copy2(SLIM_SCRIPT, requirements / "slim.py")
+    (requirements / "requirements-user.txt").write_text(_lines(user_requirements))
 
 
 def count_cached_steps(lines: list[str]) -> dict[str, int]:
@@ -664,14 +709,16 @@ def build_fl_images(
         (requirements / "requirements-base.txt").write_text(_lines(sorted(set(base) | set(user_requirements))))
         (requirements / "requirements-tracking.txt").write_text(_lines(tracking))
         (requirements / "constraints.txt").write_text(_lines(pins))
+        _add_slimming(requirements, user_requirements)
         (context / "wheel").mkdir()
         shutil.copy2(wheel, context / "wheel" / wheel.name)
         copy_repository(repo, context / "repo")
         _normalise_modes(context)
         for platform_name in options.platforms:
             text = containerfiles.render_fl_actors(
-                options.base_for(platform_name), wheel.name, options.build_packages_text, OCI_FORMAT
-            )
+                options.base_for(platform_name), wheel.name, options.build_packages_text, OCI_FORMAT,
+                with_pip=installer_uv(options, platform_name) is None, strip=host_strip(platform_name) is not None,
+            )  # fmt: skip
             (context / f"Containerfile.{arch_of(platform_name)}").write_text(text, encoding="utf-8")
         durations["context"] = round(time.monotonic() - started, 3)
         # Each image is pushed (compressed: CPU-bound) while the next one builds.
@@ -963,6 +1010,7 @@ def build_inference_image(
         folder.mkdir()
         (folder / "requirements-inference.txt").write_text(_lines(requirements))
         (folder / "constraints.txt").write_text(_lines(pins))
+        _add_slimming(folder, requirements[2:])
         _normalise_modes(context)
         manifest = f"localhost/flops-build/{image_component(customer)}/{image_component(project)}/inference:{version}"
         engine.remove_manifest(manifest)
@@ -970,7 +1018,11 @@ def build_inference_image(
             containerfile = context / f"Containerfile.{arch_of(platform_name)}"
             containerfile.write_text(
                 containerfiles.render_inference(
-                    options.base_for(platform_name), options.build_packages_text, OCI_FORMAT
+                    options.base_for(platform_name),
+                    options.build_packages_text,
+                    OCI_FORMAT,
+                    with_pip=installer_uv(options, platform_name) is None,
+                    strip=host_strip(platform_name) is not None,
                 ),
                 encoding="utf-8",
             )

@@ -199,23 +199,6 @@ class ContainerWorld:
         return import_base_image(tarball, tag, arch)
 
 
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=test@flops.invalid", "-c", "user.name=FLOps tests", *args],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return result.stdout.strip()
-
-
-def make_git_repo(source: Path, dest: Path) -> Path:
-    """A git repository holding a copy of `source` (one commit)."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "initial")
-    return dest
-
-
 class Stopwatch:
     def __init__(self) -> None:
         self.started = time.monotonic()

@@ -1,93 +1,20 @@
 """The manager end to end over HTTP: real Mosquitto, MLflow, git repositories and FL processes."""
 
 import os
-import secrets
-import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 import requests
 
-from flops.broker import MQTT_USER, start_broker
-from flops.net import free_port, http_ok, wait_until
-from flops.processes import ManagedProcess
-from tests.conftest import BIN, EXAMPLES
+from flops.net import http_ok, wait_until
+from tests.conftest import EXAMPLES
+from tests.manager_process import FINAL, Manager, make_git_repo, sla
 
 pytestmark = pytest.mark.slow
-FINAL = ("completed", "failed", "cancelled")
-
-
-def make_git_repo(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    git = ["git", "-C", str(target), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
-    return target
-
-
-class Manager:
-    """A real manager process with its broker; restartable."""
-
-    def __init__(self, home: Path, tracking: str, extra_env: dict[str, str] | None = None) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = "flops_" + secrets.token_urlsafe(24)
-        broker_port = free_port()
-        self.broker, password_file = start_broker(home / "broker", broker_port)
-        self.env = {
-            "FLOPS_HOME": str(home),
-            "FLOPS_MQTT_HOST": "127.0.0.1",
-            "FLOPS_MQTT_PORT": str(broker_port),
-            "FLOPS_MQTT_USERNAME": MQTT_USER,
-            "FLOPS_MQTT_PASSWORD_FILE": str(password_file),
-            "FLOPS_TRACKING_URI": tracking,
-            "FLOPS_MANAGER_PORT": str(self.port),
-            "FLOPS_ADMIN_TOKEN": self.admin_token,
-            "FLOPS_RECONCILE_INTERVAL": "0.5",
-            **(extra_env or {}),
-        }
-        self.process: ManagedProcess | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.process = ManagedProcess("manager", [str(BIN / "flops-manager")], self.home / "manager.log", env=self.env)
-        assert wait_until(lambda: http_ok(self.url + "/") or not self.process.running(), 60), self.log()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)  # the manager alone, not its FL actors
-        self.process.wait(10)
-
-    def log(self) -> str:
-        return (self.home / "manager.log").read_text(errors="replace")[-4000:]
-
-    def call(self, method: str, path: str, token: str | None = "admin", **kwargs: Any) -> requests.Response:
-        headers = {}
-        if token:
-            headers["Authorization"] = f"Bearer {self.admin_token if token == 'admin' else token}"
-        return requests.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
-
-    def wait_for(self, project_id: str, statuses: tuple[str, ...], timeout: float = 400) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            project = self.call("GET", f"/api/flops/projects/{project_id}").json()
-            if project["status"] in statuses:
-                return project
-            time.sleep(0.5)
-        raise AssertionError(f"{project_id} stuck at {project['status']}:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-        self.broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -108,20 +35,6 @@ def manager(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
-
-
-def sla(repo: Path, rounds: int = 3, **extra: Any) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "customerID": "Admin",
-        "ml_repo_url": str(repo),
-        "ml_model_flavor": "sklearn",
-        "training_configuration": {
-            "data_tags": ["digits"], "training_rounds": rounds,
-            "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2,
-        },
-    }  # fmt: skip
-    document.update(extra)
-    return document
 
 
 def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, digits_repo: Path) -> None:

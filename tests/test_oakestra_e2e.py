@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
+from tests.manager_process import FINAL, Manager, make_git_repo, sla
 from tests.oakestra_standin import OakestraStandin
-from tests.test_manager_e2e import FINAL, Manager, make_git_repo, sla
 
 pytestmark = pytest.mark.slow
 

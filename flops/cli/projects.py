@@ -60,8 +60,18 @@ def down_command() -> None:
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
-def status_command() -> None:
-    """Show whether the embedded stack runs and where."""
+def status_command(
+    project_id: str = typer.Argument("", help="a project: its stages, rounds, model and images"),
+) -> None:
+    """Show whether the embedded stack runs and where, or one project's state."""
+    if project_id:
+        try:
+            project = ManagerClient().project(project_id)
+        except ManagerError as error:
+            raise fail(error.message) from error
+        console.print(_project_table(project))
+        print_summary(project)
+        return
     state = stack.read_state()
     if not state:
         raise fail("the stack is not running: `flops up`")
@@ -150,9 +160,13 @@ def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
 
 
 def print_summary(project: dict[str, Any]) -> None:
-    if project["status"] != "completed":
+    for role, ref in sorted((project.get("image_refs") or {}).items()):
+        console.print(f"{role + ' image:':<18} {ref}")
+    if project["status"] in ("failed", "cancelled"):
         error = project.get("error") or {}
         console.print(f"[red]{project['status']}[/red] at {error.get('stage', '?')}: {error.get('message', '')}")
+        return
+    if project["status"] != "completed":
         return
     rounds = project.get("rounds", [])
     last = rounds[-1] if rounds else {}

@@ -9,7 +9,6 @@ through the environment (`FLOPS_DATA_DIR`, `FLOPS_DATA_TAGS`), because FLOps's
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,9 +62,7 @@ def configured_tags() -> list[str]:
     return [tag for tag in os.environ.get(DATA_TAGS_ENV, "").split(",") if tag]
 
 
-def load_dataset(
-    data_tags: Sequence[str] | None = None, data_dir: str | Path | None = None
-) -> "datasets.Dataset":
+def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | None = None) -> "datasets.Dataset":
     """The node's data for the project's data tags, as one Hugging Face `Dataset`.
 
     With no arguments (as FLOps user code calls it) the learner's configuration applies.
@@ -74,9 +71,7 @@ def load_dataset(
     directory = Path(data_dir) if data_dir is not None else configured_data_dir()
     tags = list(data_tags) if data_tags is not None else configured_tags()
     if not tags:
-        raise NodeDataError(
-            f"no data tags configured: set {DATA_TAGS_ENV} or name data_tags in the SLA"
-        )
+        raise NodeDataError(f"no data tags configured: set {DATA_TAGS_ENV} or name data_tags in the SLA")
     # Imported here: `datasets` takes a second to import, and Flower starts a fresh process
     # for every message, most of which never load data through this function.
     import datasets

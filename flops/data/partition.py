@@ -8,17 +8,15 @@ local CSV/Parquet file are cut with flwr-datasets partitioners and written as
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 BUNDLED_DATASETS = ("digits", "breast_cancer", "iris", "wine")
 LABEL_COLUMN = "label"
@@ -84,9 +82,14 @@ def _column_name(feature: str) -> str:
     return "_".join(feature.replace("(", " ").replace(")", " ").split()).lower()
 
 
-def make_partitioner(
-    scheme: Scheme, nodes: int, alpha: float, seed: int, label_column: str
-) -> Partitioner:
+def make_partitioner(scheme: Scheme, nodes: int, alpha: float, seed: int, label_column: str) -> "Partitioner":
+    # flwr-datasets (and the plotting stack it brings) is the `data` extra: learners never partition.
+    try:
+        from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+    except ImportError as error:
+        raise ValueError(
+            "partitioning needs flwr-datasets: pip install 'flops[data]' (the manager and `all` include it)"
+        ) from error
     if scheme is Scheme.IID:
         return IidPartitioner(num_partitions=nodes)
     if scheme is Scheme.DIRICHLET:

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+import requests
+
 from flops.runtime_env import FLOWER_OFFLINE_ENV
 from flops_manager.models import ProcessHandle
 from flops_manager.orchestration.base import (
@@ -35,6 +38,8 @@ SERVICE_LABEL = "flops.service"
 ROLE_LABEL = "flops.role"
 STOP_TIMEOUT_S = 10
 _RUNNING_STATES = frozenset({"created", "running", "restarting", "paused"})
+# What the engine's API can raise: its own errors, and the transport's when it is unreachable.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
 
 
 def container_name(project_id: str, service: str) -> str:
@@ -57,7 +62,6 @@ class DockerOrchestrator(Orchestrator):
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         """`base_url` None: DOCKER_HOST and the other DOCKER_* variables decide."""
-        import docker.errors
         from docker.client import DockerClient, from_env
 
         self.network = network
@@ -68,7 +72,7 @@ class DockerOrchestrator(Orchestrator):
             self.client = client or (
                 DockerClient(base_url=base_url, timeout=timeout) if base_url else from_env(timeout=timeout)
             )
-        except docker.errors.DockerException as error:
+        except ENGINE_ERRORS as error:
             raise OrchestratorError(
                 f"cannot reach the container engine at {base_url or 'DOCKER_HOST'}: {error}"
             ) from error
@@ -78,19 +82,17 @@ class DockerOrchestrator(Orchestrator):
 
     # ------------------------------------------------------------------ helpers
     def _ensure_image(self, image: str) -> None:
-        import docker.errors
-
         try:
             self.client.images.get(image)
             return
         except docker.errors.ImageNotFound:
             pass
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot look up image {image}: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot look up image {image}: {_reason(error)}") from error
         try:
             self.client.images.pull(image)  # the package splits off the tag (default latest)
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot pull {image}: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot pull {image}: {_reason(error)}") from error
 
     def _mounts(self, spec: ServiceSpec) -> list[Any]:
         from docker.types import Mount
@@ -129,19 +131,15 @@ class DockerOrchestrator(Orchestrator):
         return {key: value for key, value in options.items() if value is not None}
 
     def _container(self, handle: ProcessHandle) -> Any:
-        import docker.errors
-
         try:
             return self.client.containers.get(handle.ref)
         except docker.errors.NotFound:
             return None
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot look up {handle.name}: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot look up {handle.name}: {_reason(error)}") from error
 
     # ------------------------------------------------------------------ interface
     def deploy(self, spec: ServiceSpec) -> ProcessHandle:
-        import docker.errors
-
         if not spec.image:
             raise OrchestratorError(f"{spec.name}: the docker backend runs images; the build gave none")
         name = container_name(spec.project_id, spec.name)
@@ -149,8 +147,8 @@ class DockerOrchestrator(Orchestrator):
             existing = self.client.containers.get(name)
         except docker.errors.NotFound:
             existing = None
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot reach the container engine: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot reach the container engine: {_reason(error)}") from error
         if existing is not None:
             if existing.status in _RUNNING_STATES:
                 raise OrchestratorError(f"{name} is already running (container {existing.short_id})")
@@ -158,8 +156,8 @@ class DockerOrchestrator(Orchestrator):
         self._ensure_image(spec.image)
         try:
             container = self.client.containers.run(spec.image, **self._run_options(spec))
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot start {spec.name}: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot start {spec.name}: {_reason(error)}") from error
         return ProcessHandle(name=spec.name, backend=self.name, ref=container.id, address=None)
 
     def status(self, handle: ProcessHandle) -> ServiceState:
@@ -177,14 +175,12 @@ class DockerOrchestrator(Orchestrator):
         return ServiceState(status=ServiceStatus.FAILED, exit_code=code, detail=detail)
 
     def logs(self, handle: ProcessHandle, tail: int = 200) -> str:
-        import docker.errors
-
         container = self._container(handle)
         if container is None:
             return ""
         try:
             return bytes(container.logs(tail=tail)).decode("utf-8", errors="replace")
-        except docker.errors.APIError:
+        except ENGINE_ERRORS:
             return ""
 
     def undeploy(self, handle: ProcessHandle) -> None:
@@ -194,30 +190,29 @@ class DockerOrchestrator(Orchestrator):
 
     def undeploy_project(self, project_id: str) -> bool:
         """Remove every container labelled with `project_id`; whether there was any."""
-        import docker.errors
-
         try:
             containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project_id}"})
-        except docker.errors.APIError as error:
-            raise OrchestratorError(f"cannot list containers: {error.explanation or error}") from error
+        except ENGINE_ERRORS as error:
+            raise OrchestratorError(f"cannot list containers: {_reason(error)}") from error
         for container in containers:
             _remove(container)
         return bool(containers)
 
 
 def _remove(container: Any) -> None:
-    import docker.errors
-
     try:
         if container.status in _RUNNING_STATES:
             container.stop(timeout=STOP_TIMEOUT_S)
-    except docker.errors.APIError:
+    except ENGINE_ERRORS:
         pass
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
         pass
-    except docker.errors.APIError as error:
-        raise OrchestratorError(
-            f"cannot remove container {container.short_id}: {error.explanation or error}"
-        ) from error
+    except ENGINE_ERRORS as error:
+        raise OrchestratorError(f"cannot remove container {container.short_id}: {_reason(error)}") from error
+
+
+def _reason(error: Exception) -> str:
+    """The engine's own explanation when it gave one, else the error's text."""
+    return str(getattr(error, "explanation", None) or error)

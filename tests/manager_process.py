@@ -1,0 +1,109 @@
+"""A real manager process for end-to-end tests, and what they submit to it."""
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from flops.broker import MQTT_USER, start_broker
+from flops.net import free_port, http_ok, wait_until
+from flops.processes import ManagedProcess
+from tests.conftest import BIN
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=test@flops.invalid", "-c", "user.name=FLOps tests", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def make_git_repo(source: Path, target: Path) -> Path:
+    """A git repository holding a copy of `source` (one commit on main)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
+    git(target, "init", "-q", "-b", "main")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "initial")
+    return target
+
+
+class Manager:
+    """A real manager process with its broker; restartable."""
+
+    def __init__(self, home: Path, tracking: str, extra_env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = "flops_" + secrets.token_urlsafe(24)
+        broker_port = free_port()
+        self.broker, password_file = start_broker(home / "broker", broker_port)
+        self.env = {
+            "FLOPS_HOME": str(home),
+            "FLOPS_MQTT_HOST": "127.0.0.1",
+            "FLOPS_MQTT_PORT": str(broker_port),
+            "FLOPS_MQTT_USERNAME": MQTT_USER,
+            "FLOPS_MQTT_PASSWORD_FILE": str(password_file),
+            "FLOPS_TRACKING_URI": tracking,
+            "FLOPS_MANAGER_PORT": str(self.port),
+            "FLOPS_ADMIN_TOKEN": self.admin_token,
+            "FLOPS_RECONCILE_INTERVAL": "0.5",
+            **(extra_env or {}),
+        }
+        self.process: ManagedProcess | None = None
+        self.start()
+
+    def start(self) -> None:
+        process = ManagedProcess("manager", [str(BIN / "flops-manager")], self.home / "manager.log", env=self.env)
+        self.process = process
+        assert wait_until(lambda: http_ok(self.url + "/") or not process.running(), 60), self.log()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)  # the manager alone, not its FL actors
+        self.process.wait(10)
+
+    def log(self) -> str:
+        return (self.home / "manager.log").read_text(errors="replace")[-4000:]
+
+    def call(self, method: str, path: str, token: str | None = "admin", **kwargs: Any) -> requests.Response:
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {self.admin_token if token == 'admin' else token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def wait_for(self, project_id: str, statuses: tuple[str, ...], timeout: float = 400) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            project = self.call("GET", f"/api/flops/projects/{project_id}").json()
+            if project["status"] in statuses:
+                return project
+            time.sleep(0.5)
+        raise AssertionError(f"{project_id} stuck at {project['status']}:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.broker.stop()
+
+
+def sla(repo: Path, rounds: int = 3, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "customerID": "Admin",
+        "ml_repo_url": str(repo),
+        "ml_model_flavor": "sklearn",
+        "training_configuration": {
+            "data_tags": ["digits"], "training_rounds": rounds,
+            "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2,
+        },
+    }  # fmt: skip
+    document.update(extra)
+    return document
