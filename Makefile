@@ -35,5 +35,11 @@ lint: setup
 demo: setup
 	$(VENV)/bin/flops demo
 
+# The quick benchmark set (e2e, overhead, api_load, scale, images and gpu, which skip themselves
+# without buildah / a CUDA device), then plots and tables in docs/performance.md. About 15 min on
+# 2 cores; results in bench/results/. Sizes and flags: docs/performance.md.
+bench: setup
+	$(PY) bench/run_all.py --quick
+
 clean:
 	rm -rf .flops .pytest_cache .mypy_cache .ruff_cache

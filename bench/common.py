@@ -1,14 +1,32 @@
-"""What every benchmark shares: the machine description, medians, and result files."""
+"""What every benchmark shares: the machine description, medians, result files, the stack.
 
+Scripts are not tests: each prints a table and writes one JSON file to bench/results/.
+"""
+
+import argparse
 import json
+import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+FINAL = ("completed", "failed", "cancelled")
+# Every process a benchmark starts runs Flower offline, without telemetry or update checks.
+FLOWER_OFFLINE = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+}
 
 
 def machine() -> dict[str, Any]:
@@ -34,7 +52,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def median(values: list[float]) -> float | None:
+def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
@@ -44,3 +62,160 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps({"name": name, "time": stamp, "machine": machine(), **data}, indent=2))
     return path
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100), linear between closest ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def offline_env() -> None:
+    """Flower offline in this process and everything it starts."""
+    os.environ.update(FLOWER_OFFLINE)
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser, quick: str, full: str) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"{quick} (default)")
+    parser.add_argument("--full", action="store_true", help=full)
+    # Tiny sizes to check that a script works; its numbers mean little.
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    return "smoke" if getattr(args, "smoke", False) else "full" if args.full else "quick"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table: first column left-aligned, the rest right-aligned; floats with 2 decimals."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    cells = [[str(h) for h in headers], *([cell(v) for v in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]  # fmt: skip
+    return "\n".join(lines)
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=bench@flops.invalid", "-c", "user.name=FLOps bench", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def make_git_repo(source: Path, target: Path) -> Path:
+    """A git repository holding a copy of `source` (one commit on main), as a user would have one."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
+    git(target, "init", "-q", "-b", "main")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "initial")
+    return target
+
+
+def project_sla(repo: Path, learners: int = 2, rounds: int = 3, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "customerID": "Admin",
+        "ml_repo_url": str(repo),
+        "ml_model_flavor": "sklearn",
+        "training_configuration": {
+            "data_tags": ["digits"], "training_rounds": rounds, "min_available_clients": learners,
+            "min_fit_clients": learners, "min_evaluate_clients": learners,
+        },
+    }  # fmt: skip
+    document.update(extra)
+    return document
+
+
+class EmbeddedStack:
+    """`flops up` in a FLOPS_HOME of its own, every service on a free loopback port; `close()` is `flops down`.
+
+    The environment variables it sets are restored by `close()`.
+    """
+
+    VARIABLES = ("FLOPS_HOME", "FLOPS_MANAGER_PORT", "FLOPS_MQTT_PORT", "FLOPS_OBSERVATORY_PORT",
+                 "FLOPS_TRACKING_URI", "FLOPS_TOKEN", "FLOPS_TOKEN_FILE", "FLOPS_MANAGER_URL")  # fmt: skip
+
+    def __init__(self, home: Path) -> None:
+        from flops import stack
+        from flops.client import ManagerClient
+        from flops.net import free_port
+
+        self.home = home
+        self._saved = {name: os.environ.get(name) for name in self.VARIABLES}
+        for name in self.VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update({
+            "FLOPS_HOME": str(home), "FLOPS_MANAGER_PORT": str(free_port()), "FLOPS_MQTT_PORT": str(free_port()),
+            "FLOPS_OBSERVATORY_PORT": str(free_port()),
+        })  # fmt: skip
+        offline_env()
+        started = time.monotonic()
+        try:
+            self.state = stack.up()
+        except BaseException:
+            stack.down()
+            self._restore()
+            raise
+        self.up_s = time.monotonic() - started
+        token = Path(self.state["admin_token_file"]).read_text(encoding="utf-8").strip()
+        self.url: str = self.state["manager_url"]
+        self.token = token
+        self.client = ManagerClient(self.url, token=token, timeout=60)
+
+    def wait_for(self, project_id: str, statuses: Sequence[str] = FINAL, timeout: float = 1800,
+                 poll_s: float = 0.5) -> dict[str, Any]:  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            project = self.client.project(project_id)
+            if project["status"] in statuses:
+                return project
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"project {project_id} still {project['status']} after {timeout:.0f} s")
+            time.sleep(poll_s)
+
+    def log_tail(self, service: str = "manager", chars: int = 3000) -> str:
+        path = self.home / "stack" / f"{service}.log"
+        return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
+
+    def close(self) -> None:
+        """Cancel active projects, stop served models, stop the services."""
+        from flops import stack
+        from flops.client import ManagerError
+
+        try:
+            projects = self.client.projects()
+            for project in projects:
+                self.client.cancel(project["project_id"])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(p["status"] not in FINAL for p in self.client.projects()):
+                time.sleep(0.5)
+        except ManagerError as error:
+            print(f"warning: could not cancel projects: {error}", flush=True)
+        finally:
+            stack.down()
+            self._restore()
+
+    def _restore(self) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def __enter__(self) -> "EmbeddedStack":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

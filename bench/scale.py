@@ -1,0 +1,237 @@
+"""Scale on one machine: N learners on the local backend with `flops train`.
+
+For each N, digits is partitioned over N node folders and `flops train examples/digits-sklearn
+--learners N --rounds 2 --json` runs against one shared observatory. From the aggregator's
+progress file (FLOPS_HOME/runs/ID/progress.jsonl) come the time from start until all N learners
+joined (its `started` event) and until the first round ended; round durations from the summary.
+Every 0.5 s psutil samples the process trees under `flops train`: each learner (flops-learner,
+which becomes flower-supernode, and its SuperExec and flwr-clientapp children) and the
+aggregator (SuperLink, ServerApp). Peaks are of the summed RSS (shared pages count once per
+process, so totals overstate a little).
+
+    python bench/scale.py --quick   # N = 5, 10
+    python bench/scale.py --full    # N = 5, 10, 25, 50 (larger N skipped when memory would not suffice)
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import EXAMPLES, add_mode_arguments, median, mode_of, offline_env, table, write_result  # noqa: E402
+from flops.data.partition import partition  # noqa: E402
+from flops.net import free_port, http_ok, wait_until  # noqa: E402
+from flops.processes import ManagedProcess, stop_group  # noqa: E402
+
+BIN = Path(sys.executable).parent
+EXAMPLE = EXAMPLES / "digits-sklearn"
+# (learner counts, rounds)
+PLANS = {"quick": ([5, 10], 2), "full": ([5, 10, 25, 50], 2), "smoke": ([2], 1)}
+SAMPLE_S = 0.5
+LEARNER_MARKS = ("flops-learner", "flower-supernode", "flwr-clientapp")
+MB = 2**20
+
+
+def role_of(process: psutil.Process) -> str | None:
+    """'learner' or 'aggregator' for a direct child of `flops train`."""
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return None
+    if "flops-aggregator" in command:
+        return "aggregator"
+    if any(mark in command for mark in LEARNER_MARKS):
+        return "learner"
+    return None
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        family = [process, *process.children(recursive=True)]
+        for member in family:
+            with contextlib.suppress(psutil.Error):
+                total += member.memory_info().rss
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of the learner and aggregator trees under `root_pid` until stopped."""
+
+    def __init__(self, root_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root_pid = root_pid
+        self.halt = threading.Event()
+        self.learner_peak: dict[int, int] = {}  # per learner (its root pid): peak tree RSS
+        self.learners_total_peak = 0
+        self.aggregator_peak = 0
+        self.total_peak = 0
+        self.samples = 0
+
+    def run(self) -> None:
+        try:
+            root = psutil.Process(self.root_pid)
+        except psutil.Error:
+            return
+        while not self.halt.is_set():
+            with contextlib.suppress(psutil.Error):
+                learners = aggregator = 0
+                for child in root.children():
+                    role = role_of(child)
+                    if role is None:
+                        continue
+                    rss = tree_rss(child)
+                    if role == "aggregator":
+                        aggregator += rss
+                    else:
+                        learners += rss
+                        self.learner_peak[child.pid] = max(self.learner_peak.get(child.pid, 0), rss)
+                self.learners_total_peak = max(self.learners_total_peak, learners)
+                self.aggregator_peak = max(self.aggregator_peak, aggregator)
+                self.total_peak = max(self.total_peak, learners + aggregator + root.memory_info().rss)
+                self.samples += 1
+            self.halt.wait(SAMPLE_S)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def progress_events(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def one_scale(work: Path, learners: int, rounds: int, tracking: str) -> dict[str, Any]:
+    data = work / "data"
+    partition("digits", learners, "digits", data)
+    home = work / "flops-home"
+    project_id = f"scale-{learners}"
+    command = [
+        str(BIN / "flops"), "train", str(EXAMPLE), "--data-dir", str(data), "--learners", str(learners),
+        "--rounds", str(rounds), "--tracking-uri", tracking, "--project-id", project_id,
+        "--learner-timeout", str(max(120, 6 * learners)), "--json",
+    ]  # fmt: skip
+    started = time.time()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FLOPS_HOME": str(home)}, start_new_session=True,
+    )  # fmt: skip
+    sampler = RssSampler(process.pid)
+    sampler.start()
+    try:
+        stdout, stderr = process.communicate(timeout=3600)
+    finally:
+        sampler.stop()
+        if process.poll() is None:
+            stop_group(process.pid, grace=10)  # `flops train` and everything under it
+            process.wait(10)
+    ended = time.time()
+    if process.returncode != 0:
+        raise RuntimeError(f"flops train with {learners} learners failed:\n{stderr[-3000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    events = progress_events(home / "runs" / project_id / "progress.jsonl")
+    joined = next((e for e in events if e["kind"] == "started"), None)
+    first_round = next((e for e in events if e["kind"] == "round"), None)
+    waiting = [
+        {"after_s": e["time"] - started, "joined": e["data"].get("joined")} for e in events if e["kind"] == "waiting"
+    ]
+    rounds_s = [r["duration_s"] for r in summary["rounds"]]
+    per_learner = [rss / MB for rss in sampler.learner_peak.values()]
+    return {
+        "learners": learners,
+        "rounds": rounds,
+        "wall_s": ended - started,
+        "all_joined_s": joined["time"] - started if joined else None,
+        "first_round_end_s": first_round["time"] - started if first_round else None,
+        "join_progress": waiting,
+        "round_s": rounds_s,
+        "round_median_s": median(rounds_s),
+        "accuracy": summary.get("final_accuracy"),
+        "peak_rss_per_learner_mb": median(per_learner),
+        "peak_rss_per_learner_max_mb": max(per_learner, default=None),
+        "peak_rss_learners_total_mb": sampler.learners_total_peak / MB,
+        "peak_rss_aggregator_mb": sampler.aggregator_peak / MB,
+        "peak_rss_total_mb": sampler.total_peak / MB,
+        "learner_trees_seen": len(per_learner),
+        "rss_samples": sampler.samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_arguments(parser, "N = 5, 10 learners x 2 rounds", "N = 5, 10, 25, 50 learners x 2 rounds")
+    args = parser.parse_args()
+    mode = mode_of(args)
+    counts, rounds = PLANS[mode]
+    offline_env()
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flops-bench-scale-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        observatory = ManagedProcess(
+            "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
+            work / "observatory.log",
+        )  # fmt: skip
+        tracking = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5):
+                raise RuntimeError(f"the observatory did not start:\n{observatory.log_tail()}")
+            for learners in counts:
+                needed = _memory_needed_mb(results, learners)
+                available = psutil.virtual_memory().available / MB
+                if needed and needed > available:
+                    print(f"N={learners}: skipped, needs about {needed:.0f} MB, {available:.0f} MB available")
+                    skipped.append({"learners": learners, "needed_mb": needed, "available_mb": available})
+                    continue
+                result = one_scale(work / f"n{learners}", learners, rounds, tracking)
+                results.append(result)
+                print(
+                    f"N={learners}: all joined after {result['all_joined_s'] or 0:.1f} s, round median "
+                    f"{result['round_median_s'] or 0:.1f} s, peak RSS {result['peak_rss_per_learner_mb'] or 0:.0f} MB "
+                    f"per learner, {result['peak_rss_total_mb']:.0f} MB in all",
+                    flush=True,
+                )
+        finally:
+            observatory.stop()
+    base = results[0] if results else None
+    rows = [
+        [r["learners"], r["all_joined_s"], r["first_round_end_s"], r["round_median_s"],
+         r["round_median_s"] / base["round_median_s"] if base and base["round_median_s"] else None,
+         r["peak_rss_per_learner_mb"], r["peak_rss_learners_total_mb"], r["peak_rss_aggregator_mb"],
+         r["peak_rss_total_mb"]]
+        for r in results
+    ]  # fmt: skip
+    print(f"\n{rounds} rounds per N ({mode}); round ratio against N={base['learners'] if base else '-'}")
+    print(
+        table(["N", "joined s", "1st round s", "round s", "ratio", "MB/learner", "MB learners", "MB aggr.",
+               "MB total"], rows)
+    )  # fmt: skip
+    path = write_result("scale", {"mode": mode, "rounds": rounds, "results": results, "skipped": skipped})
+    print(f"results: {path}")
+
+
+def _memory_needed_mb(results: list[dict[str, Any]], learners: int) -> float | None:
+    """Estimated peak for `learners` from the largest run so far, with a margin of a quarter."""
+    if not results or not results[-1]["peak_rss_per_learner_max_mb"]:
+        return None
+    last = results[-1]
+    return float(1.25 * (last["peak_rss_per_learner_max_mb"] * learners + last["peak_rss_aggregator_mb"]))
+
+
+if __name__ == "__main__":
+    main()
