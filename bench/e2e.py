@@ -7,7 +7,7 @@ end as `make demo` does). Records POST to completed, each stage's duration, each
 duration and POST to the first round. Cold: a fresh FLOPS_HOME, so the builder starts with an
 empty cache. Warm: another submit of the same commit on the same stack (the build is reused).
 
-    python bench/e2e.py --quick   # 1 cold + 2 warm
+    python bench/e2e.py --quick   # 1 cold + 1 warm
     python bench/e2e.py --full    # 2 cold + 5 warm (two stacks)
 """
 
@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
 STAGES = ("building", "deploying", "training", "post_training")
 LEARNERS = 2
 # (runs per stack: cold first, then warm; rounds per project)
-PLANS = {"quick": ([3], 3), "full": ([4, 3], 3), "smoke": ([2], 1)}
+PLANS = {"quick": ([2], 3), "full": ([4, 3], 3), "smoke": ([2], 1)}
 
 
 def one_project(stack: EmbeddedStack, repo: Path, rounds: int, kind: str) -> dict[str, Any]:
