@@ -4,15 +4,15 @@ Scripts are not tests: each prints a table and writes one JSON file to bench/res
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
-import shutil
 import statistics
-import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+BIN = Path(sys.executable).parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from flops.runtime_env import FLOWER_OFFLINE_ENV  # noqa: E402
+from tests.git_repos import git, make_git_repo  # noqa: E402, F401  (re-exported for the scripts)
+
 FINAL = ("completed", "failed", "cancelled")
-# Every process a benchmark starts runs Flower offline, without telemetry or update checks.
-FLOWER_OFFLINE = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-}
 
 
 def machine() -> dict[str, Any]:
@@ -76,7 +77,27 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def offline_env() -> None:
     """Flower offline in this process and everything it starts."""
-    os.environ.update(FLOWER_OFFLINE)
+    os.environ.update(FLOWER_OFFLINE_ENV)
+
+
+@contextlib.contextmanager
+def observatory(work: Path) -> Iterator[str]:
+    """A real MLflow tracking server (flops-observatory) under `work`; its URI while the block runs."""
+    from flops.net import free_port, http_ok, wait_until
+    from flops.processes import ManagedProcess
+
+    port = free_port()
+    process = ManagedProcess(
+        "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
+        work / "observatory.log",
+    )  # fmt: skip
+    tracking = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5):
+            raise RuntimeError(f"the observatory did not start:\n{process.log_tail()}")
+        yield tracking
+    finally:
+        process.stop()
 
 
 def add_mode_arguments(parser: argparse.ArgumentParser, quick: str, full: str) -> None:
@@ -105,23 +126,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]  # fmt: skip
     return "\n".join(lines)
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=bench@flops.invalid", "-c", "user.name=FLOps bench", *args],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return result.stdout.strip()
-
-
-def make_git_repo(source: Path, target: Path) -> Path:
-    """A git repository holding a copy of `source` (one commit on main), as a user would have one."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
-    git(target, "init", "-q", "-b", "main")
-    git(target, "add", "-A")
-    git(target, "commit", "-q", "-m", "initial")
-    return target
 
 
 def project_sla(repo: Path, learners: int = 2, rounds: int = 3, **extra: Any) -> dict[str, Any]:

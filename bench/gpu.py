@@ -27,12 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import EXAMPLES, add_mode_arguments, median, mode_of, offline_env, table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    EXAMPLES,
+    add_mode_arguments,
+    median,
+    mode_of,
+    observatory,
+    offline_env,
+    table,
+    write_result,
+)
 from flops.data.partition import partition  # noqa: E402
-from flops.net import free_port, http_ok, wait_until  # noqa: E402
-from flops.processes import ManagedProcess  # noqa: E402
 
-BIN = Path(sys.executable).parent
 EXAMPLE = EXAMPLES / "digits-pytorch"
 # (local repetitions, local epochs, federated runs, rounds, local epochs per round)
 PLANS = {"quick": (3, 20, 1, 3, 10), "full": (5, 50, 3, 5, 10), "smoke": (2, 2, 1, 1, 1)}
@@ -111,15 +118,7 @@ def main() -> None:
             print(f"local training on {device}: {epochs} epochs in {median(local[role]):.2f} s (median)", flush=True)
         data = work / "data"
         partition("digits", 2, "digits", data)
-        port = free_port()
-        observatory = ManagedProcess(
-            "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
-            work / "observatory.log",
-        )  # fmt: skip
-        tracking = f"http://127.0.0.1:{port}"
-        try:
-            if not wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5):
-                raise RuntimeError(f"the observatory did not start:\n{observatory.log_tail()}")
+        with observatory(work) as tracking:
             for run in range(runs):
                 order = list(devices) if run % 2 == 0 else list(reversed(devices))  # alternate against drift
                 for role in order:
@@ -127,8 +126,6 @@ def main() -> None:
                     folder = work / f"{role}-{run}"
                     rounds_s[role] += federated(device, folder, data, rounds, round_epochs, tracking)
                     print(f"federated on {device}: rounds {[round(x, 1) for x in rounds_s[role]]}", flush=True)
-        finally:
-            observatory.stop()
     local_median = {role: median(v) for role, v in local.items()}
     round_median = {role: median(v) for role, v in rounds_s.items()}
     speedup_local = _ratio(local_median["cpu"], local_median["accelerator"])

@@ -22,12 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import median, write_result  # noqa: E402
+from bench.common import BIN, median, observatory, offline_env, write_result  # noqa: E402
 from flops.data.partition import partition  # noqa: E402
-from flops.net import free_port, http_ok, wait_until  # noqa: E402
+from flops.net import free_port, wait_until  # noqa: E402
 from flops.processes import ManagedProcess  # noqa: E402
 
-BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "examples" / "digits-sklearn"
 
 
@@ -100,28 +99,18 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="5 repetitions x 5 rounds")
     args = parser.parse_args()
     reps, rounds = (5, 5) if args.full else (2, 3)
-    os.environ.update({"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
-                       "FLWR_DISABLE_UPDATE_CHECK": "1"})  # fmt: skip
+    offline_env()
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         work = Path(tmp)
         data = work / "data"
         partition("digits", 2, "digits", data)
-        port = free_port()
-        observatory = ManagedProcess(
-            "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
-            work / "observatory.log",
-        )  # fmt: skip
-        tracking = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5)
         plain: list[float] = []
         ours: list[float] = []
-        try:
+        with observatory(work) as tracking:
             for rep in range(reps):  # alternate, so drift on a shared machine hits both alike
                 plain += plain_run(work / f"plain-{rep}", data, rounds)
                 ours += flops_run(work / f"flops-{rep}", data, rounds, tracking)
                 print(f"rep {rep + 1}/{reps}: plain {plain[-rounds:]} flops {ours[-rounds:]}", flush=True)
-        finally:
-            observatory.stop()
     plain_median, ours_median = median(plain), median(ours)
     assert plain_median and ours_median
     ratio = ours_median / plain_median

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import FLOWER_OFFLINE, add_mode_arguments, mode_of, table, write_result  # noqa: E402
+from bench.common import add_mode_arguments, mode_of, table, write_result  # noqa: E402
+from flops.runtime_env import FLOWER_OFFLINE_ENV  # noqa: E402
 
 SCRIPTS = ["e2e", "overhead", "api_load", "scale", "images", "gpu"]
 NO_SMOKE = {"overhead"}  # has only --quick and --full
@@ -36,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     mode = mode_of(args)
     chosen = [name for name in SCRIPTS if (not args.only or name in args.only) and name not in args.skip]
-    env = {**os.environ, **FLOWER_OFFLINE}
+    env = {**os.environ, **FLOWER_OFFLINE_ENV}
     rows: list[list[object]] = []
     runs: list[dict[str, object]] = []
     started = time.monotonic()

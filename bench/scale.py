@@ -30,12 +30,20 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import EXAMPLES, add_mode_arguments, median, mode_of, offline_env, table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    EXAMPLES,
+    add_mode_arguments,
+    median,
+    mode_of,
+    observatory,
+    offline_env,
+    table,
+    write_result,
+)
 from flops.data.partition import partition  # noqa: E402
-from flops.net import free_port, http_ok, wait_until  # noqa: E402
-from flops.processes import ManagedProcess, stop_group  # noqa: E402
+from flops.processes import stop_group  # noqa: E402
 
-BIN = Path(sys.executable).parent
 EXAMPLE = EXAMPLES / "digits-sklearn"
 # (learner counts, rounds)
 PLANS = {"quick": ([5], 2), "full": ([5, 10, 25, 50], 2), "smoke": ([2], 1)}
@@ -183,15 +191,7 @@ def main() -> None:
     failed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flops-bench-scale-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        observatory = ManagedProcess(
-            "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
-            work / "observatory.log",
-        )  # fmt: skip
-        tracking = f"http://127.0.0.1:{port}"
-        try:
-            if not wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5):
-                raise RuntimeError(f"the observatory did not start:\n{observatory.log_tail()}")
+        with observatory(work) as tracking:
             for learners in counts:
                 needed = _memory_needed_mb(results, learners)
                 available = psutil.virtual_memory().available / MB
@@ -213,8 +213,6 @@ def main() -> None:
                     f"per learner, {result['peak_rss_total_mb']:.0f} MB in all",
                     flush=True,
                 )
-        finally:
-            observatory.stop()
     base = results[0] if results else None
     rows = [
         [r["learners"], r["all_joined_s"], r["first_round_end_s"], r["round_median_s"],

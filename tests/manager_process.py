@@ -2,9 +2,7 @@
 
 import os
 import secrets
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,25 +13,11 @@ from flops.broker import MQTT_USER, start_broker
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
 from tests.conftest import BIN
+from tests.git_repos import git, make_git_repo
+
+__all__ = ["FINAL", "Manager", "git", "make_git_repo", "sla"]
 
 FINAL = ("completed", "failed", "cancelled")
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=test@flops.invalid", "-c", "user.name=FLOps tests", *args],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return result.stdout.strip()
-
-
-def make_git_repo(source: Path, target: Path) -> Path:
-    """A git repository holding a copy of `source` (one commit on main)."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
-    git(target, "init", "-q", "-b", "main")
-    git(target, "add", "-A")
-    git(target, "commit", "-q", "-m", "initial")
-    return target
 
 
 class Manager:
@@ -88,6 +72,15 @@ class Manager:
                 return project
             time.sleep(0.5)
         raise AssertionError(f"{project_id} stuck at {project['status']}:\n{self.log()}")
+
+    def add_mock_nodes(self, customer: str | None = None, partitions: int = 2) -> None:
+        """Node folders with digits under tag `digits`, made by the manager's mocks endpoint."""
+        data = {"dataset_name": "digits", "number_of_partitions": partitions, "data_tag": "digits"}
+        body: dict[str, Any] = {"mock_data_configuration": data}
+        if customer:
+            body["customerID"] = customer
+        answer = self.call("POST", "/api/flops/mocks", json=body)
+        assert answer.status_code == 201, answer.text
 
     def stop(self) -> None:
         if self.process is not None:

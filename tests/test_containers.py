@@ -86,11 +86,7 @@ def manager(world: ContainerWorld, mlflow_server: str, tmp_path_factory: pytest.
         "FLOPS_BASE_IMAGE": BASE_IMAGE,
     })  # fmt: skip
     try:
-        answer = instance.call("POST", "/api/flops/mocks", json={
-            "customerID": CUSTOMER,
-            "mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"},
-        })  # fmt: skip
-        assert answer.status_code == 201, answer.text
+        instance.add_mock_nodes(CUSTOMER)
         yield instance
     finally:
         instance.stop()

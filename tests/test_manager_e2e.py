@@ -22,11 +22,7 @@ def manager(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = tmp_path_factory.mktemp("manager-home")
     instance = Manager(home, mlflow_server)
     try:
-        answer = instance.call("POST", "/api/flops/mocks", json={
-            "customerID": "Admin",
-            "mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"},
-        })  # fmt: skip
-        assert answer.status_code == 201, answer.text
+        instance.add_mock_nodes("Admin")
         yield instance
     finally:
         instance.stop()

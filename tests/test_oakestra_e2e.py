@@ -38,10 +38,7 @@ def oakestra_manager(
     }
     instance = Manager(home, mlflow_server, extra_env=extra)
     try:
-        answer = instance.call("POST", "/api/flops/mocks", json={
-            "mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"},
-        })  # fmt: skip
-        assert answer.status_code == 201, answer.text
+        instance.add_mock_nodes()
         yield instance
     finally:
         instance.stop()
