@@ -3,6 +3,10 @@
 Topic: `flops/projects/<project_id>/<component>/<event>`, QoS 1. Every body is an `Event`
 envelope with a schema version and a unique id, so a consumer can drop a duplicate delivery
 (QoS 1 is at-least-once) and refuse a body from a future schema it cannot read.
+
+Each (component, event) pair has one payload model, listed in `PAYLOADS`: publishers build
+events with `make_event(project_id, component, event, payload)`, consumers read
+`event.typed_payload()`. `decode_event` refuses a body whose payload does not fit its model.
 """
 
 import time
@@ -10,7 +14,10 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flops.build import BuildResult
+from flops.training import RoundReport, TrainingSummary
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "flops/projects"
@@ -31,6 +38,59 @@ class EventName(StrEnum):
     JOINED = "joined"
 
 
+class BuilderStarted(BaseModel):
+    """builder/started: which repository and reference the build fetches."""
+
+    repo_url: str
+    ref: str | None = None
+
+
+class BuilderFailed(BaseModel):
+    """builder/failed: the stage that failed; the envelope's `error` holds the whole reason."""
+
+    stage: str
+
+
+class AggregatorStarted(BaseModel):
+    """aggregator/started: training began with this many learners joined."""
+
+    learners: int = 0
+
+
+class AggregatorFinished(BaseModel):
+    """aggregator/succeeded and aggregator/failed: the training's summary."""
+
+    status: str
+    summary: TrainingSummary
+
+
+class LearnerReport(BaseModel):
+    """learner/joined and learner/failed: which node; a failure's reason is the envelope's `error`."""
+
+    node: str
+
+
+PAYLOADS: dict[tuple["Component", "EventName"], type[BaseModel]] = {
+    (Component.BUILDER, EventName.STARTED): BuilderStarted,
+    (Component.BUILDER, EventName.SUCCEEDED): BuildResult,
+    (Component.BUILDER, EventName.FAILED): BuilderFailed,
+    (Component.AGGREGATOR, EventName.STARTED): AggregatorStarted,
+    (Component.AGGREGATOR, EventName.ROUND): RoundReport,
+    (Component.AGGREGATOR, EventName.SUCCEEDED): AggregatorFinished,
+    (Component.AGGREGATOR, EventName.FAILED): AggregatorFinished,
+    (Component.LEARNER, EventName.JOINED): LearnerReport,
+    (Component.LEARNER, EventName.FAILED): LearnerReport,
+}
+
+
+def payload_model(component: "Component", event: "EventName") -> type[BaseModel]:
+    """The payload model of (component, event); KeyError names a pair no component publishes."""
+    try:
+        return PAYLOADS[(component, event)]
+    except KeyError:
+        raise KeyError(f"no event {component}/{event} is defined") from None
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +106,26 @@ class Event(BaseModel):
     @property
     def topic(self) -> str:
         return topic(self.project_id, self.component, self.event)
+
+    def typed_payload(self) -> Any:
+        """The payload as its (component, event) model; raises ValidationError if it does not fit."""
+        return payload_model(self.component, self.event).model_validate(self.payload)
+
+
+def make_event(
+    project_id: str, component: Component, event: EventName, payload: BaseModel, error: str | None = None
+) -> Event:
+    """An event whose payload is the model `PAYLOADS` names for (component, event)."""
+    expected = payload_model(component, event)
+    if not isinstance(payload, expected):
+        raise TypeError(f"{component}/{event} carries a {expected.__name__}, not a {type(payload).__name__}")
+    return Event(
+        project_id=project_id,
+        component=component,
+        event=event,
+        error=error,
+        payload=payload.model_dump(mode="json"),
+    )
 
 
 def topic(project_id: str, component: Component | str, event: EventName | str) -> str:
@@ -71,4 +151,10 @@ def decode_event(topic_name: str, body: bytes) -> Event:
         raise EventSchemaError(f"{topic_name}: schema version {event.schema_version} is newer than ours")
     if event.topic != topic_name:
         raise EventSchemaError(f"{topic_name}: body belongs to {event.topic}")
+    try:
+        event.typed_payload()
+    except KeyError as error:
+        raise EventSchemaError(f"{topic_name}: {error.args[0]}") from error
+    except ValidationError as error:
+        raise EventSchemaError(f"{topic_name}: invalid payload: {error}") from error
     return event

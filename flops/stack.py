@@ -13,7 +13,7 @@ from typing import Any
 
 from flops.broker import MQTT_USER, start_broker
 from flops.client import ManagerClient, admin_token_file
-from flops.commands import script
+from flops.actors import script
 from flops.config import flops_home
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess, group_alive, stop_group

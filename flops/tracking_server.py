@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flops.commands import observatory_command
+from flops.actors import observatory_command
 from flops.net import http_ok, wait_until
 from flops.processes import ManagedProcess
 

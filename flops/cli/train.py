@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from flops.commands import aggregator_command, learner_command
+from flops.actors import aggregator_command, learner_command
 from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
 from flops.data.partition import node_name
@@ -102,7 +102,9 @@ class LocalTraining:
         port = free_port()
         self.aggregator = ManagedProcess(
             "aggregator",
-            aggregator_command(spec_file, self.repo, self.state_dir, port, self.tracking),
+            aggregator_command(
+                spec_file=spec_file, repo=self.repo, state_dir=self.state_dir, port=port, tracking_uri=self.tracking
+            ),
             self.state_dir / "logs" / "aggregator.log",
         )
         for index, folder in enumerate(self.node_dirs, start=1):

@@ -23,13 +23,20 @@ class FetchedRepository:
     commit: str
 
 
+def checkout_key(url: str) -> str:
+    """The name of `url`'s checkout in a cache (and of the lock that guards it)."""
+    local = Path(url).expanduser()
+    source = str(local.resolve()) if local.is_dir() else url
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def fetch_repository(url: str, ref: str | None, cache_dir: Path) -> FetchedRepository:
     """Check out `ref` (default: the default branch) of `url` and name the commit."""
     local = Path(url).expanduser()
     if local.is_dir() and not (local / ".git").exists() and not ref:
         return FetchedRepository(path=local.resolve(), url=str(local.resolve()), commit="")
     source = str(local.resolve()) if local.is_dir() else url
-    checkout = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
+    checkout = cache_dir / checkout_key(url)
     try:
         if (checkout / ".git").is_dir():
             repo = git.Repo(checkout)

@@ -15,7 +15,22 @@ from flops_manager.models import ProcessHandle
 
 
 class OrchestratorError(RuntimeError):
-    """A deployment could not be made; the message says why."""
+    """A backend call failed for good (a refused spec, a 4xx): retrying cannot help.
+
+    The message says what failed and what to do. `transient` is False; see
+    `TransientOrchestratorError` for failures worth retrying.
+    """
+
+    transient = False
+
+
+class TransientOrchestratorError(OrchestratorError):
+    """A backend call failed for now: the backend is unreachable, answered 5xx or timed out.
+
+    The manager retries the stage with backoff and shows the reason in the project status.
+    """
+
+    transient = True
 
 
 class ServiceSpec(BaseModel):

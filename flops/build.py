@@ -1,0 +1,45 @@
+"""What the image builder makes and what the manager runs from it.
+
+The builder writes a `BuildResult` (to its result file and as the payload of
+builder/succeeded) or a `BuildFailure` (result file and builder/failed); the manager reads
+only these models. The image layout names where code, environment and model lie inside
+the FL and inference images, for the Containerfiles and for the command lines alike.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Inside the learner and aggregator images.
+IMAGE_APP_DIR = "/app"
+IMAGE_VENV_DIR = "/opt/flops"
+IMAGE_PYTHON = f"{IMAGE_VENV_DIR}/bin/python"
+# Inside the inference image: the MLflow model the server loads.
+IMAGE_MODEL_DIR = "/model"
+
+
+class BuildResult(BaseModel):
+    """Where the code and environments of one build are (local target), or its image refs (OCI)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    commit: str
+    repo_dir: str
+    learner_python: str | None = None
+    aggregator_python: str | None = None
+    images: dict[str, str] = Field(default_factory=dict)
+    build_key: str = ""
+    reused: bool = False
+    stage_durations: dict[str, float] = Field(default_factory=dict)
+
+
+class BuildFailure(BaseModel):
+    """A build that stopped: the stage it stopped in and the whole reason (git's, the checker's)."""
+
+    stage: str
+    error: str
+
+
+class BuildOutcome(BaseModel):
+    """The builder's result file: exactly one of `result` and `failure`."""
+
+    result: BuildResult | None = None
+    failure: BuildFailure | None = None
