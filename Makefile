@@ -27,7 +27,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check flops flops_utils learner aggregator observatory
+	$(VENV)/bin/ruff format --check flops flops_utils flops_manager image_builder aggregator learner observatory tests bench
 	$(VENV)/bin/mypy
 
 # Starts the embedded stack (left running for the MLflow UI and the served model;

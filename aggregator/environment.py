@@ -1,7 +1,33 @@
-"""Environment variables through which `flops-aggregator` configures its ServerApp.
+"""How `flops-aggregator` configures its ServerApp: environment variables, read once.
 
-A module of its own so that the launcher can name them without importing Flower.
+Flower starts the ServerApp in a process of its own, which inherits the aggregator's
+environment; `ServerAppSettings.from_env` is the one place that process reads it. A module
+of its own so that the launcher can name the variables without importing Flower.
 """
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from flops.mqtt import MqttSettings
 
 STATE_DIR_ENV = "FLOPS_AGGREGATOR_STATE_DIR"
 TRACKING_URI_ENV = "FLOPS_TRACKING_URI"
+
+
+class ServerAppSettings(BaseModel):
+    """Where the ServerApp keeps its state, the MLflow server it logs to, the broker it reports to."""
+
+    state_dir: Path | None = None
+    tracking_uri: str | None = None
+    mqtt: MqttSettings | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "ServerAppSettings":
+        state_dir = env.get(STATE_DIR_ENV)
+        return cls(
+            state_dir=Path(state_dir) if state_dir else None,
+            tracking_uri=env.get(TRACKING_URI_ENV) or None,
+            mqtt=MqttSettings.from_env(env),
+        )

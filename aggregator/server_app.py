@@ -1,8 +1,9 @@
 """The ServerApp: waits for learners, runs the strategy, tracks and checkpoints every round.
 
-Settings that are the aggregator's alone (where state goes, the tracking server) come from
-the environment of `flops-aggregator`, which Flower passes down to this process; the
-training itself comes from the run config, which learners see too.
+Settings that are the aggregator's alone (where state goes, the tracking server, the
+broker) come from the environment of `flops-aggregator`, which Flower passes down to this
+process and `main` reads once; the training itself comes from the run config, which
+learners see too.
 """
 
 import os
@@ -18,10 +19,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator.environment import STATE_DIR_ENV, TRACKING_URI_ENV
+from aggregator.environment import ServerAppSettings
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
-from flops.events import Component, Event, EventName
+from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
@@ -50,35 +51,30 @@ def _open_tracker(spec: TrainingSpec, tracking_uri: str) -> Any:
     return MlflowTracker(spec, tracking_uri)
 
 
-def event_forwarder(project_id: str) -> Callable[[ProgressEvent], None] | None:
-    """Publishes progress as MQTT events when a broker is configured (`FLOPS_MQTT_HOST`)."""
-    settings = MqttSettings.from_env()
-    if settings is None:
+def event_forwarder(project_id: str, mqtt: MqttSettings | None) -> Callable[[ProgressEvent], None] | None:
+    """Publishes progress as aggregator events when there is a broker; None without one."""
+    if mqtt is None:
         return None
-    publisher = EventPublisher(settings)
+    publisher = EventPublisher(mqtt)
 
     def forward(progress: ProgressEvent) -> None:
-        if progress.kind == "waiting" or progress.kind == "model":
-            return
-        name = {"started": EventName.STARTED, "round": EventName.ROUND}.get(progress.kind)
-        payload = progress.round.model_dump() if progress.round is not None else dict(progress.data)
-        error = None
-        if progress.kind == "finished":
-            completed = progress.data.get("status") == "completed"
+        if progress.kind == "started":
+            started = AggregatorStarted(learners=int(progress.data.get("learners", 0)))
+            publisher.publish(make_event(project_id, Component.AGGREGATOR, EventName.STARTED, started))
+        elif progress.kind == "round" and progress.round is not None:
+            publisher.publish(make_event(project_id, Component.AGGREGATOR, EventName.ROUND, progress.round))
+        elif progress.kind == "finished":
+            finished = AggregatorFinished(
+                status=str(progress.data["status"]),
+                summary=TrainingSummary.model_validate(progress.data["summary"]),
+            )
+            completed = finished.status == "completed"
             name = EventName.SUCCEEDED if completed else EventName.FAILED
             error = None if completed else progress.message
-        assert name is not None
-        publisher.publish(
-            Event(
-                project_id=project_id,
-                component=Component.AGGREGATOR,
-                event=name,
-                error=error,
-                payload=payload,
-            )
-        )
-        if progress.kind == "finished":
-            publisher.close()
+            try:
+                publisher.publish(make_event(project_id, Component.AGGREGATOR, name, finished, error))
+            finally:
+                publisher.close()
 
     return forward
 
@@ -253,13 +249,17 @@ def wait_for_learners(grid: Grid, spec: TrainingSpec, progress: ProgressLog) -> 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
-    state_dir = Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".flops" / spec.project_id)
-    run_training(grid, spec, state_dir, os.environ.get(TRACKING_URI_ENV) or None)
+    settings = ServerAppSettings.from_env(os.environ)
+    state_dir = settings.state_dir or Path.cwd() / ".flops" / spec.project_id
+    run_training(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
 
 
-def run_training(grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None) -> TrainingSummary:
+def run_training(
+    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None, mqtt: MqttSettings | None = None
+) -> TrainingSummary:
+    """One training from the first round to the summary; progress to `state_dir` and, with `mqtt`, as events."""
     started = time.time()
-    progress = ProgressLog(state_dir, event_forwarder(spec.project_id))
+    progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
     session: TrainingSession | None = None
     try:
         session = TrainingSession(spec, progress, tracking_uri)

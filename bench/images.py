@@ -17,7 +17,6 @@ a loopback Registry v2) and runs the image builder as they do
 """
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from bench.common import (  # noqa: E402
     table,
     write_result,
 )
+from bench.image_sizes import compressed_sizes, image_size  # noqa: E402
+from flops.build import BuildOutcome  # noqa: E402
 
 CUSTOMER = "bench"
 MB = 1_000_000
@@ -71,18 +72,19 @@ def run_builder(registry: str, base_image: str, repo: Path, cache: Path, *extra:
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
         raise RuntimeError(f"the image builder failed ({completed.returncode}):\n{output[-4000:]}")
-    result = json.loads(result_file.read_text(encoding="utf-8"))
+    result = BuildOutcome.model_validate_json(result_file.read_text(encoding="utf-8")).result
+    if result is None:
+        raise RuntimeError(f"the image builder wrote no result:\n{output[-4000:]}")
     return {
         "wall_s": elapsed,
-        "reused": result.get("reused"),
-        "images": result.get("images", {}),
-        "stage_durations": result.get("stage_durations", {}),
-        "oci": result.get("oci", {}),
+        "reused": result.reused,
+        "images": result.images,
+        "stage_durations": result.stage_durations,
+        "oci": result.oci.model_dump(mode="json") if result.oci else {},
     }
 
 
 def measure(mode: str, work: Path) -> dict[str, Any]:
-    from image_builder.oci import compressed_sizes, image_size
     from tests.containers_env import BASE_IMAGE, ContainerWorld, enable_arm64_emulation
 
     data: dict[str, Any] = {}
@@ -123,8 +125,6 @@ def measure(mode: str, work: Path) -> dict[str, Any]:
 
 def multi_arch(world: Any, repo: Path, work: Path, base_image: str, enable: Any) -> dict[str, Any]:
     """linux/amd64 + linux/arm64 in one build, arm64 emulated by QEMU (slow)."""
-    from image_builder.oci import compressed_sizes
-
     problem = enable()
     if problem:
         print(f"multi-arch build skipped: {problem}")

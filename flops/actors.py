@@ -1,11 +1,13 @@
 """Command lines and environments of every FLOps actor: the one place that builds them.
 
 Launchers (the `flops` CLI, the embedded stack, the manager's stages) ask here how to
-start the observatory, the image builder, the aggregator, a learner or a model server;
-nobody else assembles an actor's argv. An actor is either a console script of this
-installation (`script`) or `python -m <module>` of a given environment's interpreter, so
-the right environment runs even when PATH points elsewhere. No secret is ever put in an
-argv: credentials travel in files or in the environment the caller adds.
+start the observatory, the manager, the image builder, the inference-image builder, the
+aggregator, a learner or a model server; nobody else assembles an actor's argv. An actor is
+a console script of this installation (`script`), `python -m <module>` of a given
+environment's interpreter (so the right environment runs even when PATH points elsewhere),
+or, inside an FL or inference image (`in_image`), the image's own console script on its
+PATH. No secret is ever put in an argv: credentials travel in files or in the environment
+the caller adds.
 """
 
 import sys
@@ -16,6 +18,7 @@ AGGREGATOR_MODULE = "aggregator.main"
 LEARNER_MODULE = "learner.main"
 BUILDER_MODULE = "image_builder.main"
 INFERENCE_BUILDER_MODULE = "image_builder.inference"
+MLFLOW_MODULE = "mlflow"
 
 
 def script(name: str) -> str:
@@ -24,13 +27,21 @@ def script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def launcher(module: str, console_script: str, python: str | None) -> list[str]:
-    """`python -m module` of a given environment, else this installation's console script."""
+def launcher(module: str, console_script: str, python: str | None, in_image: bool = False) -> list[str]:
+    """The image's console script (`in_image`), `python -m module` of a given environment,
+    else this installation's console script."""
+    if in_image:
+        return [console_script]
     return [python, "-m", module] if python else [script(console_script)]
 
 
 def observatory_command(host: str, port: int, home: Path) -> list[str]:
     return [script("flops-observatory"), "--host", host, "--port", str(port), "--home", str(home)]
+
+
+def manager_command() -> list[str]:
+    """The manager service; it reads its configuration from the environment the caller gives."""
+    return [script("flops-manager")]
 
 
 def builder_command(
@@ -68,13 +79,14 @@ def aggregator_command(
     spec_json: str | None = None,
     host: str = "127.0.0.1",
     python: str | None = None,
+    in_image: bool = False,
 ) -> list[str]:
     """The aggregator (SuperLink + ServerApp) of one training; the spec as a file or as JSON text."""
     if (spec_file is None) == (spec_json is None):
         raise ValueError("give the training spec as spec_file or spec_json, not both")
     spec = ["--spec", str(spec_file)] if spec_file is not None else ["--spec-json", str(spec_json)]
     return [
-        *launcher(AGGREGATOR_MODULE, "flops-aggregator", python),
+        *launcher(AGGREGATOR_MODULE, "flops-aggregator", python, in_image),
         *spec,
         "--repo", str(repo),
         "--state-dir", str(state_dir),
@@ -86,14 +98,49 @@ def aggregator_command(
 
 
 def learner_command(
-    superlink: str, data_dir: Path | str, data_tags: Sequence[str], node_name: str, *, python: str | None = None
+    superlink: str,
+    data_dir: Path | str,
+    data_tags: Sequence[str],
+    node_name: str,
+    *,
+    python: str | None = None,
+    in_image: bool = False,
 ) -> list[str]:
     """One learner (SuperNode + ClientApp) on one node's data folder."""
     return [
-        *launcher(LEARNER_MODULE, "flops-learner", python),
+        *launcher(LEARNER_MODULE, "flops-learner", python, in_image),
         "--superlink", superlink,
         "--data-dir", str(data_dir),
         "--data-tags", ",".join(data_tags),
         "--node-name", node_name,
         "--insecure",
+    ]  # fmt: skip
+
+
+def inference_builder_command(
+    model_uri: str, tracking_uri: str, cache_dir: Path, result_file: Path, *, options: Sequence[str] = ()
+) -> list[str]:
+    """The one-shot build of an inference-server image from a registered model (`models:/NAME/VERSION`)."""
+    return [
+        sys.executable, "-m", INFERENCE_BUILDER_MODULE,
+        "--tracking-uri", tracking_uri,
+        "--model-uri", model_uri,
+        *options,
+        "--cache-dir", str(cache_dir),
+        "--result-file", str(result_file),
+    ]  # fmt: skip
+
+
+def model_server_command(
+    model_uri: str, host: str, port: int, *, python: str | None = None, in_image: bool = False
+) -> list[str]:
+    """MLflow's scoring server for one model (`/ping`, `/invocations`), one worker, in the given environment."""
+    return [
+        *launcher(MLFLOW_MODULE, "mlflow", python, in_image),
+        "models", "serve",
+        "-m", model_uri,
+        "-h", host,
+        "-p", str(port),
+        "--env-manager", "local",
+        "--workers", "1",
     ]  # fmt: skip

@@ -18,18 +18,15 @@ SHIM_PACKAGE = "flops_fab"
 COPIED_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".md", ".txt", ".cfg")
 SKIPPED_DIRS = {".git", ".venv", "venv", "__pycache__", ".flwr", ".flops", "data", "node_modules"}
 
-_SERVER_SHIM = '''"""ServerApp of this FLOps run (generated)."""
+# The shims name their component by string: `flops` imports no component, even in code it writes.
+_SHIM = '''"""{role} of this FLOps run (generated)."""
 
-import aggregator.server_app as _server_app
+import importlib
 
-app = _server_app.app
+app = importlib.import_module("{module}").app
 '''
-_CLIENT_SHIM = '''"""ClientApp of this FLOps run (generated)."""
-
-import learner.client_app as _client_app
-
-app = _client_app.app
-'''
+_SERVER_SHIM = _SHIM.format(role="ServerApp", module="aggregator.server_app")
+_CLIENT_SHIM = _SHIM.format(role="ClientApp", module="learner.client_app")
 
 
 def build_app_dir(repo: Path, dest: Path, spec: TrainingSpec) -> Path:

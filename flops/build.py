@@ -16,6 +16,17 @@ IMAGE_PYTHON = f"{IMAGE_VENV_DIR}/bin/python"
 IMAGE_MODEL_DIR = "/model"
 
 
+class OciBuildInfo(BaseModel):
+    """How the OCI target made its images: tag, configuration digest, and layer-cache use per role."""
+
+    tag: str
+    config_digest: str
+    platforms: list[str]
+    base_image: str
+    engine: str
+    cache: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
 class BuildResult(BaseModel):
     """Where the code and environments of one build are (local target), or its image refs (OCI)."""
 
@@ -29,6 +40,7 @@ class BuildResult(BaseModel):
     build_key: str = ""
     reused: bool = False
     stage_durations: dict[str, float] = Field(default_factory=dict)
+    oci: OciBuildInfo | None = None  # OCI target only
 
 
 class BuildFailure(BaseModel):

@@ -2,9 +2,10 @@
 
 Where to talk to and with which token: `FLOPS_MANAGER_URL`, `FLOPS_TOKEN` or
 `FLOPS_TOKEN_FILE`; on the machine that runs `flops up`, the local admin token file.
+`ManagerClient.from_env` reads them (the CLI, once per command); the constructor reads nothing.
 """
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import requests
 from flops.config import flops_home
 
 DEFAULT_MANAGER_URL = "http://127.0.0.1:5072"
+# A dry run fetches and checks the repository before it answers (the manager bounds it).
+DRY_RUN_TIMEOUT_S = 300.0
 
 
 class ManagerError(RuntimeError):
@@ -23,32 +26,38 @@ class ManagerError(RuntimeError):
         self.details = details
 
 
-def admin_token_file() -> Path:
-    return flops_home() / "manager" / "admin-token"
+def admin_token_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where the embedded stack's manager reveals the admin token it generated."""
+    return flops_home(env) / "manager" / "admin-token"
 
 
-def default_token() -> str | None:
-    if os.environ.get("FLOPS_TOKEN"):
-        return os.environ["FLOPS_TOKEN"]
-    token_file = os.environ.get("FLOPS_TOKEN_FILE")
-    path = Path(token_file) if token_file else admin_token_file()
+def default_token(env: Mapping[str, str]) -> str | None:
+    """`FLOPS_TOKEN`, else the content of `FLOPS_TOKEN_FILE`, else the local admin token file's."""
+    if env.get("FLOPS_TOKEN"):
+        return env["FLOPS_TOKEN"]
+    token_file = env.get("FLOPS_TOKEN_FILE")
+    path = Path(token_file) if token_file else admin_token_file(env)
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 class ManagerClient:
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = (base_url or os.environ.get("FLOPS_MANAGER_URL") or DEFAULT_MANAGER_URL).rstrip("/")
-        self.token = token if token is not None else default_token()
+        self.base_url = (base_url or DEFAULT_MANAGER_URL).rstrip("/")
+        self.token = token
         self.timeout = timeout
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], base_url: str | None = None) -> "ManagerClient":
+        """A client for `base_url` (else `FLOPS_MANAGER_URL`) with the token `env` names."""
+        return cls(base_url or env.get("FLOPS_MANAGER_URL"), default_token(env))
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {})
+        timeout = kwargs.pop("timeout", self.timeout)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            response = requests.request(
-                method, f"{self.base_url}{path}", headers=headers, timeout=self.timeout, **kwargs
-            )
+            response = requests.request(method, f"{self.base_url}{path}", headers=headers, timeout=timeout, **kwargs)
         except requests.ConnectionError as error:
             raise ManagerError(0, f"no FLOps manager answers at {self.base_url}: start it with `flops up`") from error
         try:
@@ -65,12 +74,14 @@ class ManagerClient:
         except ManagerError:
             return False
 
-    def submit(self, sla: str | dict[str, Any]) -> dict[str, Any]:
+    def submit(self, sla: str | dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """Start a project (`{"project_id", "status_url"}`), or with `dry_run` only check the SLA and
+        its repository (`{"valid": true, "commit", ...}`); a refusal raises `ManagerError`."""
+        options: dict[str, Any] = {"params": {"dry_run": "1"}, "timeout": DRY_RUN_TIMEOUT_S} if dry_run else {}
         if isinstance(sla, dict):
-            return dict(self._request("POST", "/api/flops/projects", json=sla))
-        return dict(
-            self._request("POST", "/api/flops/projects", data=sla, headers={"Content-Type": "application/json"})
-        )
+            return dict(self._request("POST", "/api/flops/projects", json=sla, **options))
+        headers = {"Content-Type": "application/json"}
+        return dict(self._request("POST", "/api/flops/projects", data=sla, headers=headers, **options))
 
     def projects(self, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else None

@@ -3,11 +3,13 @@
 `FLOPS_MQTT_HOST` / `FLOPS_MQTT_PORT`, credentials from `FLOPS_MQTT_USERNAME` and
 `FLOPS_MQTT_PASSWORD` or `FLOPS_MQTT_PASSWORD_FILE`, TLS with `FLOPS_MQTT_CA_FILE`.
 No defaults for credentials: an unauthenticated broker is only for loopback.
+`MqttSettings.from_env` is the one reader of these variables; a service calls it in its
+`main()` and passes the settings down.
 """
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,24 +26,27 @@ class MqttSettings(BaseModel):
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    # Where the password came from, so that children on this machine get the file, not the secret.
+    password_file: str | None = None
     ca_file: str | None = None
 
     @classmethod
-    def from_env(cls) -> "MqttSettings | None":
-        """Settings from the environment, or None when no broker is configured."""
-        host = os.environ.get("FLOPS_MQTT_HOST")
+    def from_env(cls, env: Mapping[str, str]) -> "MqttSettings | None":
+        """Settings from `env` (a service's environment), or None when no broker is configured."""
+        host = env.get("FLOPS_MQTT_HOST")
         if not host:
             return None
-        password = os.environ.get("FLOPS_MQTT_PASSWORD")
-        password_file = os.environ.get("FLOPS_MQTT_PASSWORD_FILE")
+        password = env.get("FLOPS_MQTT_PASSWORD")
+        password_file = env.get("FLOPS_MQTT_PASSWORD_FILE")
         if not password and password_file:
             password = Path(password_file).read_text(encoding="utf-8").strip()
         return cls(
             host=host,
-            port=int(os.environ.get("FLOPS_MQTT_PORT", "1883")),
-            username=os.environ.get("FLOPS_MQTT_USERNAME") or None,
+            port=int(env.get("FLOPS_MQTT_PORT", "1883")),
+            username=env.get("FLOPS_MQTT_USERNAME") or None,
             password=password or None,
-            ca_file=os.environ.get("FLOPS_MQTT_CA_FILE") or None,
+            password_file=password_file or None,
+            ca_file=env.get("FLOPS_MQTT_CA_FILE") or None,
         )
 
     def env(self, same_filesystem: bool = True) -> dict[str, str]:
@@ -55,9 +60,8 @@ class MqttSettings(BaseModel):
             values["FLOPS_MQTT_USERNAME"] = self.username
         if self.ca_file:
             values["FLOPS_MQTT_CA_FILE"] = self.ca_file
-        password_file = os.environ.get("FLOPS_MQTT_PASSWORD_FILE")
-        if password_file and same_filesystem:
-            values["FLOPS_MQTT_PASSWORD_FILE"] = password_file
+        if self.password_file and same_filesystem:
+            values["FLOPS_MQTT_PASSWORD_FILE"] = self.password_file
         elif self.password:
             values["FLOPS_MQTT_PASSWORD"] = self.password
         return values
@@ -109,8 +113,12 @@ class EventPublisher:
 
 
 def publish_once(event: Event, settings: MqttSettings | None = None) -> bool:
-    """Publish one event if a broker is configured; whether it was published."""
-    settings = settings or MqttSettings.from_env()
+    """Publish one event if a broker is configured; whether it was published.
+
+    Give the service's `settings`; without them the process environment is read here (for
+    one-shot actors that publish a single event).
+    """
+    settings = settings or MqttSettings.from_env(os.environ)
     if settings is None:
         return False
     publisher = EventPublisher(settings)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flops.actors import manager_command
 from flops.broker import MQTT_USER, start_broker
 from flops.client import ManagerClient, admin_token_file
-from flops.actors import script
 from flops.config import flops_home
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess, group_alive, stop_group
@@ -89,7 +89,7 @@ def up() -> dict[str, Any]:
         "FLOPS_TRACKING_URI": tracking,
         "FLOPS_MANAGER_PORT": str(manager_port),
     }
-    manager = ManagedProcess("manager", [script("flops-manager")], directory / "manager.log", env=env)
+    manager = ManagedProcess("manager", manager_command(), directory / "manager.log", env=env)
     services["manager"] = {"pid": manager.pid, "port": manager_port, "log": str(manager.log_path)}
     url = f"http://127.0.0.1:{manager_port}"
     state = {

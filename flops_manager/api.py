@@ -3,8 +3,17 @@
 FLOps's paths, with and without the trailing slash. Every error is JSON
 `{"message": ..., "details": ...}` with the right status; every route but health and the
 OpenAPI document needs `Authorization: Bearer <token>`.
+
+The API never fetches the user's repository: a submit validates the SLA and what this
+manager can check without the repository, and answers at once; the builder fetches and
+checks the repository, and a bad one fails the project at `building`. A client that wants
+that answer first asks for a dry run (`POST /api/flops/projects?dry_run=1`), which runs
+the builder's check alone, with a time limit, and deploys and stores nothing.
 """
 
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -14,19 +23,24 @@ from flask import Flask, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from flops.actors import builder_command
+from flops.build import BuildOutcome
 from flops.data.partition import BUNDLED_DATASETS, Scheme, partition
-from flops.ml_repo.contract import ContractError, validate_repository
-from flops.ml_repo.source import RepositoryError, fetch_repository
+from flops.processes import stop_group
+from flops.runtime_env import process_env
 from flops.sla import Backend, ProjectSLA, SLAError, parse_sla
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
-from flops_manager.lifecycle import Controller
+from flops_manager.controller import Controller
 from flops_manager.models import Project, ProjectStatus
 from flops_manager.nodes import PlacementError, discover_nodes, place_learners
 from flops_manager.openapi import openapi_document
+from flops_manager.orchestration import ENABLE_HINTS
+from flops_manager.settings import ManagerSettings
 
 MAX_BODY_BYTES = 1024 * 1024
 # Containers get resource_constraints.memory as a hard limit; below this an FL actor cannot start.
 MIN_CONTAINER_MEMORY_MB = 512
+DRY_RUN_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -121,30 +135,46 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     @app.post("/api/flops/projects")
     @authenticated
     def submit_project() -> tuple[Response, int]:
+        dry_run = dry_run_requested()
         try:
             sla = parse_sla(json_body())
         except SLAError as error:
             raise ApiError(422, str(error), error.details) from error
-        principal: Principal = g.principal
-        customer = sla.customer_id
-        if not principal.is_admin and customer != principal.customer_id:
-            if customer != "Admin":  # FLOps's default customer means "me"
-                raise ApiError(403, f"your token belongs to customer {principal.customer_id}, not {customer}")
-            customer = principal.customer_id
+        customer = submitting_customer(sla)
         check_submission(sla)
+        if dry_run:
+            return jsonify(check_repository(sla, settings)), 200
         project = controller.submit(sla, customer)
         location = f"/api/flops/projects/{project.project_id}"
         response = jsonify({"project_id": project.project_id, "status_url": location})
         response.headers["Location"] = location
         return response, 201
 
+    def dry_run_requested() -> bool:
+        value = request.args.get("dry_run", "").strip().lower()
+        if value not in DRY_RUN_VALUES:
+            raise ApiError(400, f"dry_run is '{value}': give dry_run=1 (or true) to only check the SLA and repository")
+        return DRY_RUN_VALUES[value]
+
+    def submitting_customer(sla: ProjectSLA) -> str:
+        """The customer a project belongs to; a customer token submits only for itself."""
+        principal: Principal = g.principal
+        customer = sla.customer_id
+        if principal.is_admin or customer == principal.customer_id:
+            return customer
+        if customer != "Admin":  # FLOps's default customer means "me"
+            raise ApiError(403, f"your token belongs to customer {principal.customer_id}, not {customer}")
+        return principal.customer_id
+
     def check_submission(sla: ProjectSLA) -> None:
-        """Refuse what cannot work before anything is deployed."""
-        if sla.backend.value not in controller.orchestrators:
+        """Refuse what cannot work before anything is stored: all but the repository, which the builder checks."""
+        backend = sla.backend.value
+        if backend not in controller.orchestrators:
+            hint = ENABLE_HINTS.get(backend, "")
             raise ApiError(
                 422,
-                f"backend '{sla.backend.value}' is not configured on this manager",
-                {"available": sorted(controller.orchestrators)},
+                f"backend '{backend}' is not enabled on this manager" + (f": {hint}" if hint else ""),
+                {"field": "backend", "enabled": sorted(controller.orchestrators)},
             )
         if sla.backend is Backend.DOCKER and settings.images is None:
             raise ApiError(
@@ -161,13 +191,6 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                 "(Flower and the model run in every FL actor)",
                 {"field": "resource_constraints.memory", "minimum": MIN_CONTAINER_MEMORY_MB},
             )
-        try:
-            fetched = fetch_repository(sla.ml_repo_url, sla.ml_repo_ref, settings.home / "repos")
-            validate_repository(fetched.path)
-        except RepositoryError as error:
-            raise ApiError(422, str(error), {"field": "ml_repo_url"}) from error
-        except ContractError as error:
-            raise ApiError(422, str(error).splitlines()[0], {"problems": error.problems}) from error
         if sla.backend in (Backend.LOCAL, Backend.DOCKER):  # learners on this machine's node folders
             config = sla.training_configuration
             try:
@@ -264,6 +287,63 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     return app
 
 
+def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, Any]:
+    """Fetch and check the SLA's repository with the builder's check-only mode; build nothing.
+
+    The builder runs as a child in its own process group, without the broker's settings (a
+    dry run publishes no events), and is killed with its group after
+    `settings.dry_run_timeout_s`. Returns what the check found; raises `ApiError` with the
+    builder's whole reason (422), or when the check ran out of time (504).
+    """
+    scratch_root = settings.home / "dry-runs"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=scratch_root))
+    result_file = scratch / "outcome.json"
+    command = builder_command(
+        f"dry-run-{scratch.name}", sla.ml_repo_url, sla.ml_repo_ref, settings.builds_dir, result_file, check_only=True
+    )
+    env = {key: value for key, value in process_env().items() if not key.startswith("FLOPS_MQTT_")}
+    timeout = settings.dry_run_timeout_s
+    try:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        ) as child:  # fmt: skip
+            try:
+                output, _ = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                stop_group(child.pid, grace=2.0)
+                child.communicate()
+                raise ApiError(
+                    504,
+                    f"checking {sla.ml_repo_url} took longer than {timeout:.0f} s, so the dry run stopped it: "
+                    "check that the git server answers, or submit without dry_run and follow the build",
+                    {"stage": "timeout", "field": "ml_repo_url", "timeout_s": timeout},
+                ) from None
+        if not result_file.is_file():
+            tail = "\n".join(output.decode(errors="replace").splitlines()[-15:])
+            raise ApiError(
+                500,
+                f"the repository check exited ({child.returncode}) without a result:\n{tail}",
+                {"stage": "check"},
+            )
+        outcome = BuildOutcome.model_validate_json(result_file.read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if outcome.failure is not None:
+        raise ApiError(422, outcome.failure.error, {"stage": outcome.failure.stage, "field": "ml_repo_url"})
+    if outcome.result is None:
+        raise ApiError(500, "the repository check wrote neither a result nor a failure", {"stage": "check"})
+    return {
+        "valid": True,
+        "repo_url": sla.ml_repo_url,
+        "ref": sla.ml_repo_ref,
+        "commit": outcome.result.commit,
+        "backend": sla.backend.value,
+        "stage_durations": outcome.result.stage_durations,
+    }
+
+
 def project_view(project: Project, full: bool = False) -> dict[str, Any]:
     """What the API shows of a project: state, timings, rounds, links; no internals."""
     view: dict[str, Any] = {
@@ -276,12 +356,14 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
         "error": project.error.model_dump() if project.error else None,
         "model": {"name": project.model_name, "version": project.model_version},
     }
+    if project.retry is not None:  # a transient error the manager retries: stage, attempts, next attempt, reason
+        view["retry"] = project.retry.model_dump(mode="json")
     if not full:
         return view
     training = project.training
     view.update(
         {
-            "sla": project.sla,
+            "sla": project.sla.model_dump(mode="json", by_alias=True),
             "stages": {
                 name: {"started_at": t.started_at, "ended_at": t.ended_at, "duration_s": t.duration_s}
                 for name, t in project.stages.items()

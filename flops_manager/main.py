@@ -12,35 +12,21 @@ from flops.events import EventSchemaError, all_projects_filter, decode_event
 from flops.mqtt import EventSubscriber
 from flops_manager.api import create_app
 from flops_manager.auth import TokenService
-from flops_manager.lifecycle import Controller
-from flops_manager.orchestration.base import Orchestrator, OrchestratorError
-from flops_manager.orchestration.local import LocalOrchestrator
-from flops_manager.orchestration.oakestra import OakestraOrchestrator
+from flops_manager.controller import Controller
+from flops_manager.orchestration import OrchestratorError, build_orchestrators
 from flops_manager.settings import ManagerSettings
-from flops_manager.store import ProjectStore, open_store
+from flops_manager.store import open_store
 
 MANAGER_CLIENT_ID = "flops-manager"
 log = logging.getLogger("flops.manager")
 
 
-def build_orchestrators(settings: ManagerSettings, store: ProjectStore) -> dict[str, Orchestrator]:
-    """The local backend always; docker with DOCKER_HOST; Oakestra when its system manager is configured."""
-    orchestrators: dict[str, Orchestrator] = {"local": LocalOrchestrator(settings.runs_dir)}
-    if os.environ.get("DOCKER_HOST"):
-        from flops_manager.orchestration.docker import DockerOrchestrator
-
-        try:
-            orchestrators["docker"] = DockerOrchestrator()
-        except OrchestratorError as error:
-            raise SystemExit(f"flops-manager: {error}; start the engine or unset DOCKER_HOST") from error
-    if os.environ.get("FLOPS_OAKESTRA_URL"):
-        orchestrators["oakestra"] = OakestraOrchestrator.from_env(store)
-    return orchestrators
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ManagerSettings.from_env()
+    try:
+        settings = ManagerSettings.from_env(os.environ)
+    except OrchestratorError as error:
+        raise SystemExit(f"flops-manager: {error}") from error
     settings.home.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.mongo_uri, settings.home / "store")
     tokens = TokenService(store)
@@ -49,7 +35,7 @@ def main() -> None:
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)
     if revealed:
         print(f"flops-manager: admin token created (shown once, also in {token_file}): {revealed}", flush=True)
-    controller = Controller(store, build_orchestrators(settings, store), settings)
+    controller = Controller(store, build_orchestrators(settings.orchestration, settings.runs_dir, store), settings)
 
     def on_message(topic: str, body: bytes) -> None:
         try:

@@ -8,8 +8,9 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
+from flops.build import BuildFailure, BuildResult
 from flops.sla import ProjectSLA
 from flops.training import RoundReport, TrainingSummary
 
@@ -37,6 +38,14 @@ FINAL_STATUSES = (ProjectStatus.COMPLETED, ProjectStatus.FAILED, ProjectStatus.C
 STATUS_ORDER = {status: index for index, status in enumerate(ProjectStatus)}
 
 
+def default_model_name(sla: ProjectSLA) -> str:
+    """The Model Registry name of a project: its `project_name`, else the repository's name."""
+    if sla.project_name:
+        return sla.project_name
+    name = sla.ml_repo_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    return name or "flops-model"
+
+
 class StageTiming(BaseModel):
     started_at: float
     ended_at: float | None = None
@@ -51,17 +60,14 @@ class ProjectError(BaseModel):
     message: str
 
 
-class BuildResult(BaseModel):
-    """What the image builder made: where the code and environments are, or image refs."""
+class RetryState(BaseModel):
+    """A stage that failed for now and will be tried again (a backend unreachable, a 5xx, a timeout)."""
 
-    commit: str
-    repo_dir: str
-    learner_python: str | None = None
-    aggregator_python: str | None = None
-    images: dict[str, str] = Field(default_factory=dict)
-    build_key: str = ""
-    reused: bool = False
-    stage_durations: dict[str, float] = Field(default_factory=dict)
+    stage: str
+    attempts: int
+    first_failed_at: float
+    next_attempt_at: float
+    reason: str
 
 
 class ProcessHandle(BaseModel):
@@ -84,17 +90,26 @@ class EventRecord(BaseModel):
 
 
 class Project(BaseModel):
+    """One project: what the user asked for (`sla`, `desired`), where it is, and the facts recorded so far.
+
+    Events only record facts (`build`, `build_failure`, `training_started_at`, `rounds`,
+    `training`); the controller reads them and moves `status` forward.
+    """
+
     project_id: str
     customer_id: str
-    sla: dict[str, Any]
+    sla: ProjectSLA
     desired: Literal["running", "cancelled"] = "running"
     status: ProjectStatus = ProjectStatus.SUBMITTED
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     stages: dict[str, StageTiming] = Field(default_factory=dict)
     error: ProjectError | None = None
+    retry: RetryState | None = None
     build: BuildResult | None = None
+    build_failure: BuildFailure | None = None
     deployment: list[ProcessHandle] = Field(default_factory=list)
+    training_started_at: float | None = None
     rounds: list[RoundReport] = Field(default_factory=list)
     training: TrainingSummary | None = None
     tracking_url: str | None = None
@@ -105,9 +120,18 @@ class Project(BaseModel):
     events: list[EventRecord] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
 
-    def parsed_sla(self) -> ProjectSLA:
-        return ProjectSLA.model_validate(self.sla)
+    @field_serializer("sla")
+    def _sla_with_its_field_names(self, sla: ProjectSLA) -> dict[str, Any]:
+        """Stored and shown under the SLA's own names (`customerID`), as the user wrote them."""
+        return sla.model_dump(mode="json", by_alias=True)
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    def handle(self, name: str) -> ProcessHandle | None:
+        """The active deployed component called `name`, if any."""
+        for handle in self.deployment:
+            if handle.name == name and handle.active:
+                return handle
+        return None

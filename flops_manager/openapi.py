@@ -20,6 +20,18 @@ ERROR = {
     "properties": {"message": {"type": "string"}, "details": {}},
     "required": ["message"],
 }
+DRY_RUN_RESULT = {
+    "type": "object",
+    "properties": {
+        "valid": {"type": "boolean"},
+        "repo_url": {"type": "string"},
+        "ref": {"type": ["string", "null"]},
+        "commit": {"type": "string"},
+        "backend": {"type": "string"},
+        "stage_durations": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+    "required": ["valid", "commit"],
+}
 
 
 @cache
@@ -38,10 +50,26 @@ def openapi_document() -> dict[str, Any]:
         "/": {"get": {"summary": "health", "security": [], "responses": {"200": {"description": "ok"}}}},
         "/api/flops/projects": {
             "post": {
-                "summary": "start a project from an SLA (JSON or YAML)",
+                "summary": "start a project from an SLA (JSON or YAML), or only check it with dry_run",
+                "description": (
+                    "Validates the SLA and answers 201 at once; the builder fetches and checks the repository, "
+                    "and a bad one fails the project at `building`. With `dry_run=1` the repository is also "
+                    "fetched and checked, within the manager's time limit, and nothing is stored or deployed."
+                ),
                 "security": secured,
+                "parameters": [
+                    {"name": "dry_run", "in": "query", "description": "1 or true: check only, start nothing",
+                     "schema": {"type": "string", "enum": ["1", "true", "0", "false"]}},
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProjectSLA")}}},
-                "responses": {"201": {"description": "project accepted"}, **errors},
+                "responses": {
+                    "200": {"description": "dry run: the SLA and the repository are valid",
+                            "content": {"application/json": {"schema": DRY_RUN_RESULT}}},
+                    "201": {"description": "project accepted"},
+                    **errors,
+                    "504": {"description": "dry run: the repository check ran out of time",
+                            "content": {"application/json": {"schema": _ref("Error")}}},
+                },
             },
             "get": {
                 "summary": "list projects, optionally filtered by status",

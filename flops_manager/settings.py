@@ -1,13 +1,19 @@
-"""Manager configuration, from the environment: nothing hard-coded, no default secrets."""
+"""Manager configuration, read once from the environment in `main()`: nothing hard-coded, no default secrets.
 
-import os
+`ManagerSettings.from_env(os.environ)` is the only place the manager reads its environment;
+everything else gets the settings object (Flask's one-config-object habit).
+"""
+
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flops.config import flops_home, tracking_uri
 from flops.mqtt import MqttSettings
+from flops_manager.orchestration.settings import OrchestrationSettings
+
+DEFAULT_RETRY_GIVE_UP_S = 600.0
 
 
 class ImageSettings(BaseModel):
@@ -26,8 +32,7 @@ class ImageSettings(BaseModel):
     engine: str = "buildah"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ImageSettings | None":
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> "ImageSettings | None":
         registry = env.get("FLOPS_REGISTRY")
         if not registry:
             return None
@@ -60,6 +65,13 @@ class ManagerSettings(BaseModel):
     tracking_uri: str
     nodes_dir: Path
     reconcile_interval_s: float = 1.0
+    # How long a dry run (`POST /api/flops/projects?dry_run=1`) may fetch and check a repository.
+    dry_run_timeout_s: float = 60.0
+    # Transient failures (a backend unreachable, a 5xx, a timeout): the first retry after
+    # retry_initial_s, doubling up to retry_max_s; after retry_give_up_s the stage fails.
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    retry_give_up_s: float = DEFAULT_RETRY_GIVE_UP_S
     admin_token: str | None = None
     admin_token_file: Path | None = None
     # Where node data lies on remote workers (`<root>/<node name>`); None: the local folders.
@@ -68,6 +80,8 @@ class ManagerSettings(BaseModel):
     placeholder_images: bool = False
     # Registry and build options for container backends; None: no OCI images are built.
     images: ImageSettings | None = None
+    # Which backends besides `local` are enabled (DOCKER_HOST, FLOPS_OAKESTRA_*).
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
 
     @property
     def runs_dir(self) -> Path:
@@ -78,27 +92,34 @@ class ManagerSettings(BaseModel):
         return self.home / "builds"
 
     @classmethod
-    def from_env(cls) -> "ManagerSettings":
-        home = flops_home()
-        mqtt = MqttSettings.from_env()
+    def from_env(cls, env: Mapping[str, str]) -> "ManagerSettings":
+        """Every manager setting from `env` (the process environment, in `main()`).
+
+        Raises `OrchestratorError` when a backend is configured incompletely.
+        """
+        home = flops_home(env)
+        mqtt = MqttSettings.from_env(env)
         if mqtt is None:
             raise SystemExit(
                 "flops-manager: set FLOPS_MQTT_HOST (and FLOPS_MQTT_PORT, credentials) to the broker, "
                 "or start the embedded stack with `flops up`"
             )
-        token_file = os.environ.get("FLOPS_ADMIN_TOKEN_FILE")
+        token_file = env.get("FLOPS_ADMIN_TOKEN_FILE")
         return cls(
             home=home,
-            host=os.environ.get("FLOPS_MANAGER_HOST", "127.0.0.1"),
-            port=int(os.environ.get("FLOPS_MANAGER_PORT", "5072")),
-            mongo_uri=os.environ.get("FLOPS_MONGO_URI") or None,
+            host=env.get("FLOPS_MANAGER_HOST", "127.0.0.1"),
+            port=int(env.get("FLOPS_MANAGER_PORT", "5072")),
+            mongo_uri=env.get("FLOPS_MONGO_URI") or None,
             mqtt=mqtt,
-            tracking_uri=tracking_uri(),
-            nodes_dir=Path(os.environ.get("FLOPS_NODES_DIR") or home / "nodes"),
-            reconcile_interval_s=float(os.environ.get("FLOPS_RECONCILE_INTERVAL", "1.0")),
-            admin_token=os.environ.get("FLOPS_ADMIN_TOKEN") or None,
+            tracking_uri=tracking_uri(env),
+            nodes_dir=Path(env.get("FLOPS_NODES_DIR") or home / "nodes"),
+            reconcile_interval_s=float(env.get("FLOPS_RECONCILE_INTERVAL", "1.0")),
+            dry_run_timeout_s=float(env.get("FLOPS_DRY_RUN_TIMEOUT", "60")),
+            retry_give_up_s=float(env.get("FLOPS_RETRY_GIVE_UP", str(DEFAULT_RETRY_GIVE_UP_S))),
+            admin_token=env.get("FLOPS_ADMIN_TOKEN") or None,
             admin_token_file=Path(token_file) if token_file else None,
-            remote_data_root=os.environ.get("FLOPS_REMOTE_DATA_ROOT") or None,
-            placeholder_images=os.environ.get("FLOPS_PLACEHOLDER_IMAGES") == "1",
-            images=ImageSettings.from_env(),
+            remote_data_root=env.get("FLOPS_REMOTE_DATA_ROOT") or None,
+            placeholder_images=env.get("FLOPS_PLACEHOLDER_IMAGES") == "1",
+            images=ImageSettings.from_env(env),
+            orchestration=OrchestrationSettings.from_env(env),
         )

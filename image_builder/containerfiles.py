@@ -1,4 +1,4 @@
-"""Containerfile templates of the OCI target (rendered by `image_builder.oci`).
+"""Containerfile templates of the OCI target (rendered by `image_builder.oci.fl_images` and `.inference`).
 
 Layer order is what makes rebuilds fast: the base image, then the dependencies in a layer of
 their own (keyed by the requirement files' contents), then the platform wheel, then the
@@ -17,9 +17,11 @@ what no actor runs and compiles bytecode only for what the actors import, into P
 which the image's user owns, so any other module is compiled once per container.
 """
 
-VENV = "/opt/flops"
-APP_DIR = "/app"
-MODEL_DIR = "/model"
+from flops.build import IMAGE_APP_DIR, IMAGE_MODEL_DIR, IMAGE_VENV_DIR
+
+VENV = IMAGE_VENV_DIR
+APP_DIR = IMAGE_APP_DIR
+MODEL_DIR = IMAGE_MODEL_DIR
 BUILD_MOUNT = "/run/flops-build"
 SHARE = "/usr/local/share/flops"
 SLIM = f"{SHARE}/slim.py"

@@ -35,7 +35,6 @@ PLATFORM_PACKAGES = ("flops", "flops_utils", "learner", "aggregator")
 PLATFORM_EXTRAS = {"learner": "", "aggregator": "tracking"}
 MARKER = "flops-env.json"
 KEY_FORMAT = 1
-INSTALLER_ENV = "FLOPS_BUILDER_INSTALLER"  # "pip" forces the pip fallback
 
 _VERIFY = {
     "learner": (
@@ -162,11 +161,10 @@ class IndexSettings:
     no_index: bool = False
 
     @classmethod
-    def from_pip(cls, environ: Mapping[str, str] | None = None) -> "IndexSettings":
-        environ = os.environ if environ is None else environ
+    def from_pip(cls, environ: Mapping[str, str]) -> "IndexSettings":
         values: dict[str, str] = {}
         parser = configparser.RawConfigParser()
-        parser.read([str(path) for path in _pip_config_files(environ)], encoding="utf-8")
+        parser.read([str(path) for path in pip_config_files(environ)], encoding="utf-8")
         for section in ("global", "install"):
             if parser.has_section(section):
                 values.update(parser.items(section))
@@ -197,7 +195,8 @@ class IndexSettings:
         return args
 
 
-def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
+def pip_config_files(environ: Mapping[str, str]) -> list[Path]:
+    """pip's configuration files in the order pip reads them (later ones win)."""
     config_file = environ.get("PIP_CONFIG_FILE")
     if config_file == os.devnull:
         return []
@@ -216,6 +215,12 @@ def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
 # --- installers -------------------------------------------------------------------------
 
 
+def builder_uv() -> Path | None:
+    """The uv next to this interpreter, if any: the fast installer of local and native builds."""
+    uv = Path(sys.executable).parent / "uv"
+    return uv if uv.is_file() and os.access(uv, os.X_OK) else None
+
+
 @dataclass(frozen=True)
 class Installer:
     """uv when it sits next to the interpreter, else `python -m venv` and pip."""
@@ -224,10 +229,9 @@ class Installer:
     index: IndexSettings
 
     @classmethod
-    def detect(cls) -> "Installer":
-        uv = Path(sys.executable).parent / "uv"
-        usable = uv.is_file() and os.access(uv, os.X_OK) and os.environ.get(INSTALLER_ENV) != "pip"
-        return cls(uv=uv if usable else None, index=IndexSettings.from_pip())
+    def detect(cls, index: IndexSettings, force_pip: bool = False) -> "Installer":
+        uv = builder_uv()
+        return cls(uv=None if force_pip else uv, index=index)
 
     @property
     def name(self) -> str:
@@ -365,7 +369,7 @@ def ensure_environment(
     role: str,
     requirements: list[str],
     cache_dir: Path,
-    installer: Installer | None = None,
+    installer: Installer,
     log: Log = print,
 ) -> Environment:
     """The environment for `role` with `requirements`: reused if cached, else built."""
@@ -381,7 +385,6 @@ def ensure_environment(
             return Environment(role=role, path=final, key=key, reused=True)
         for stale in envs.glob(f".tmp-{final.name}-*"):
             remove_tree(stale)  # left by a crashed builder; we hold the lock
-        installer = installer or Installer.detect()
         wheel = ensure_platform_wheel(platform, cache_dir, installer, log)
         staging = Path(tempfile.mkdtemp(dir=envs, prefix=f".tmp-{final.name}-"))
         try:

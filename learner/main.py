@@ -8,15 +8,29 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import BaseModel
+
 from flops.data.node_data import missing_tags
-from flops.events import Component, Event, EventName
-from flops.mqtt import publish_once
+from flops.events import Component, EventName, LearnerReport, make_event
+from flops.mqtt import MqttSettings, publish_once
 from flops.net import free_port
 from flops.runtime_env import process_env
 from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
+
+
+class LearnerSettings(BaseModel):
+    """What the manager tells a learner through its environment: the project and the broker."""
+
+    project_id: str | None = None
+    mqtt: MqttSettings | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "LearnerSettings":
+        return cls(project_id=env.get("FLOPS_PROJECT_ID") or None, mqtt=MqttSettings.from_env(env))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,38 +73,38 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def report(node_name: str, event: EventName, error: str | None = None) -> None:
-    """Tell the manager (when there is one: FLOPS_PROJECT_ID and a broker are set)."""
-    project_id = os.environ.get("FLOPS_PROJECT_ID")
-    if project_id:
-        try:
-            publish_once(
-                Event(project_id=project_id, component=Component.LEARNER, event=event, error=error,
-                      payload={"node": node_name})
-            )  # fmt: skip
-        except OSError as failure:
-            print(f"flops-learner: could not publish {event.value}: {failure}", flush=True)
+def report(settings: LearnerSettings, node_name: str, event: EventName, error: str | None = None) -> None:
+    """Tell the manager, when there is one (a project id and a broker)."""
+    if settings.project_id is None or settings.mqtt is None:
+        return
+    message = make_event(settings.project_id, Component.LEARNER, event, LearnerReport(node=node_name), error)
+    try:
+        publish_once(message, settings.mqtt)
+    except OSError as failure:
+        print(f"flops-learner: could not publish {event.value}: {failure}", flush=True)
 
 
-def fail(node_name: str, message: str) -> NoReturn:
-    report(node_name, EventName.FAILED, message)
+def fail(settings: LearnerSettings, node_name: str, message: str) -> NoReturn:
+    report(settings, node_name, EventName.FAILED, message)
     raise SystemExit(f"flops-learner {node_name}: {message}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    settings = LearnerSettings.from_env(os.environ)
     tags = [tag for tag in args.data_tags.split(",") if tag]
     if not args.data_dir.is_dir():
-        fail(args.node_name, f"data directory {args.data_dir} does not exist")
+        fail(settings, args.node_name, f"data directory {args.data_dir} does not exist")
     absent = missing_tags(args.data_dir, tags)
     if absent:
         fail(
+            settings,
             args.node_name,
             f"no data for tag(s) {', '.join(absent)} in {args.data_dir}; "
             "partition data there with `flops data partition` first",
         )
     command = supernode_command(args)
-    report(args.node_name, EventName.JOINED)
+    report(settings, args.node_name, EventName.JOINED)
     print(f"flops-learner {args.node_name}: joining {args.superlink}", flush=True)
     os.execve(command[0], command, process_env())
 

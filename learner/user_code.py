@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from flops.data.node_data import DATA_DIR_ENV, DATA_TAGS_ENV, missing_tags
+from flops.data.node_data import NodeDataSettings, missing_tags
 from flops.ml_repo.loader import UserCodeError, user_code
 
 Arrays = list[NDArray[Any]]
@@ -79,8 +79,8 @@ class ModelRunner:
             raise UserCodeError(
                 f"{self.node.node_name}: no data for tag(s) {', '.join(absent)} in {self.node.data_dir}"
             )
-        os.environ[DATA_DIR_ENV] = str(self.node.data_dir)
-        os.environ[DATA_TAGS_ENV] = ",".join(self.node.data_tags)
+        # User code's load_dataset() takes no arguments: it finds the node's data in the environment.
+        os.environ.update(NodeDataSettings(data_dir=self.node.data_dir, data_tags=list(self.node.data_tags)).env())
         with user_code(self.node.node_name):
             manager = self.manager_class()
             manager.set_model_data()

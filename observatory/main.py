@@ -8,7 +8,10 @@ Production points the backend at PostgreSQL and the artefacts at an object store
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from flops.runtime_env import process_env
 
@@ -16,20 +19,37 @@ DEFAULT_PORT = 7027
 DEFAULT_HOME = Path.home() / ".flops" / "observatory"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+class ObservatorySettings(BaseModel):
+    """The defaults of the command line, from `FLOPS_OBSERVATORY_*` (read once, in `main`)."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    home: Path = DEFAULT_HOME
+    backend_store_uri: str | None = None
+    artifacts_destination: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "ObservatorySettings":
+        return cls(
+            host=env.get("FLOPS_OBSERVATORY_HOST") or "127.0.0.1",
+            port=int(env.get("FLOPS_OBSERVATORY_PORT") or DEFAULT_PORT),
+            home=Path(env.get("FLOPS_OBSERVATORY_HOME") or DEFAULT_HOME),
+            backend_store_uri=env.get("FLOPS_OBSERVATORY_BACKEND_URI") or None,
+            artifacts_destination=env.get("FLOPS_OBSERVATORY_ARTIFACTS") or None,
+        )
+
+
+def parse_args(argv: list[str] | None = None, defaults: ObservatorySettings | None = None) -> argparse.Namespace:
+    defaults = defaults or ObservatorySettings()
     parser = argparse.ArgumentParser(prog="flops-observatory", description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("FLOPS_OBSERVATORY_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FLOPS_OBSERVATORY_PORT", DEFAULT_PORT)))
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("FLOPS_OBSERVATORY_HOME", DEFAULT_HOME)))
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--home", type=Path, default=defaults.home)
     parser.add_argument(
-        "--backend-store-uri",
-        default=os.environ.get("FLOPS_OBSERVATORY_BACKEND_URI"),
-        help="default: sqlite:///HOME/mlflow.db",
+        "--backend-store-uri", default=defaults.backend_store_uri, help="default: sqlite:///HOME/mlflow.db"
     )
     parser.add_argument(
-        "--artifacts-destination",
-        default=os.environ.get("FLOPS_OBSERVATORY_ARTIFACTS"),
-        help="default: HOME/artifacts",
+        "--artifacts-destination", default=defaults.artifacts_destination, help="default: HOME/artifacts"
     )
     parser.add_argument("--workers", type=int, default=1)
     return parser.parse_args(argv)
@@ -62,7 +82,7 @@ def server_command(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv, ObservatorySettings.from_env(os.environ))
     command = server_command(args)
     print(f"flops-observatory: MLflow on http://{args.host}:{args.port}", flush=True)
     os.execve(command[0], command, process_env())

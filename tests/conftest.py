@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flops.actors import observatory_command
 from flops.data.partition import partition
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
@@ -26,11 +27,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (the observatory) with SQLite and local artefacts."""
     home = tmp_path_factory.mktemp("observatory")
     port = free_port()
-    process = ManagedProcess(
-        "observatory",
-        [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(home)],
-        home / "observatory.log",
-    )
+    process = ManagedProcess("observatory", observatory_command("127.0.0.1", port, home), home / "observatory.log")
     uri = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: http_ok(f"{uri}/health") or not process.running(), 120, 0.5), process.log_tail()

@@ -25,6 +25,7 @@ BASE_IMAGE = "localhost/flops/python:3.11"
 PACKAGES = {
     "buildah": "buildah",
     "podman": "podman",
+    "catatonit": "catatonit",  # podman's --init (the docker backend's `init: True`); Debian only recommends it
     "runc": "runc",
     "skopeo": "skopeo",
     "docker-registry": "docker-registry",
@@ -193,7 +194,7 @@ class ContainerWorld:
 
     def import_base_image(self, arch: str = "amd64", tag: str = BASE_IMAGE) -> str:
         """The debootstrap base image in this world's storage (root file system cached per machine)."""
-        from image_builder.oci import import_base_image, make_base_rootfs
+        from image_builder.oci.base_image import import_base_image, make_base_rootfs
 
         tarball = make_base_rootfs(CACHE_DIR / f"debian-bookworm-python3-{arch}.tar", arch=arch)
         return import_base_image(tarball, tag, arch)

@@ -9,10 +9,10 @@ from typing import Any
 
 import requests
 
+from flops.actors import manager_command
 from flops.broker import MQTT_USER, start_broker
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
-from tests.conftest import BIN
 from tests.git_repos import git, make_git_repo
 
 __all__ = ["FINAL", "Manager", "git", "make_git_repo", "sla"]
@@ -46,7 +46,7 @@ class Manager:
         self.start()
 
     def start(self) -> None:
-        process = ManagedProcess("manager", [str(BIN / "flops-manager")], self.home / "manager.log", env=self.env)
+        process = ManagedProcess("manager", manager_command(), self.home / "manager.log", env=self.env)
         self.process = process
         assert wait_until(lambda: http_ok(self.url + "/") or not process.running(), 60), self.log()
 

@@ -10,6 +10,8 @@ answering `job_id` / `deployed_services` / `failed_services` (a failure can come
 moves REQUESTED -> CLUSTER_SCHEDULED -> NODE_SCHEDULED -> CREATING -> RUNNING one step per poll,
 scheduling that ends in a negative status or FAILED (then rescheduled, as Oakestra does), the
 empty-body single-application GET, 308 for POST routes without their slash, 501 for PUT.
+`outage` makes every call answer one status (503 from a proxy while the system manager restarts),
+and `stop()` takes the server away (connection refused), for the backend's transient errors.
 
 With `run_locally=True` each instance's `cmd` runs as a process on this machine (the image is
 ignored) in its own process group with the service's environment, status RUNNING while it lives,
@@ -22,9 +24,11 @@ Every request is recorded (`requests`) for contract tests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
+import socket
 import ssl
 import tempfile
 import threading
@@ -253,12 +257,16 @@ class OakestraStandin:
         self.fail_services: dict[str, str] = {}  # microservice_name -> reason, answered with HTTP 200
         self.one_shot_completes = True  # simulated (not run) one-shot services complete after RUNNING
         self.reschedule_failed = True  # FAILED instances are re-deployed, as Oakestra does
+        # (status, body) every call gets instead of its answer: what the reverse proxy in front of the
+        # system manager says while it restarts (503), or its own crash (500). None: answer normally.
+        self.outage: tuple[int, Any] | None = None
         self.requests: list[Recorded] = []
         self.tokens: dict[str, Token] = {}
         self.apps: dict[str, dict[str, Any]] = {}
         self.services: dict[str, Service] = {}
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
         self._thread: threading.Thread | None = None
 
     # -- server ------------------------------------------------------------------------------------
@@ -277,6 +285,14 @@ class OakestraStandin:
 
             def log_message(self, *_: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                standin._connections.add(self.connection)
+
+            def finish(self) -> None:
+                standin._connections.discard(self.connection)
+                super().finish()
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -308,6 +324,9 @@ class OakestraStandin:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            for connection in list(self._connections):  # a stopped server keeps no connection open
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         with self._lock:
             for service in self.services.values():
                 for instance in service.instances:
@@ -354,6 +373,8 @@ class OakestraStandin:
                 return self._json(400, {"message": "The request body is not valid JSON"})
         with self._lock:
             self.requests.append(Recorded(method, path, headers, body))
+            if self.outage is not None:
+                return self._json(*self.outage)
             try:
                 return self._route(method, path.split("?", 1)[0], headers, body)
             except _Abort as abort:

@@ -25,8 +25,12 @@ import requests
 import yaml
 from sklearn.datasets import load_digits
 
+from bench.image_sizes import compressed_sizes, image_size
+from flops.build import BuildOutcome
 from flops.net import free_port, wait_until
-from image_builder.oci import OciOptions, build_settings, compressed_sizes, image_size, pip_settings_from_host
+from image_builder.oci.mounts import build_settings
+from image_builder.oci.options import OciOptions
+from image_builder.settings import BuilderSettings
 from tests.conftest import EXAMPLES, ROOT
 from tests.containers_env import (
     BASE_IMAGE,
@@ -122,7 +126,9 @@ def run_builder(world: ContainerWorld, repo: Path, cache: Path, *extra: str) -> 
     elapsed = clock.elapsed
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
-    return json.loads(result_file.read_text()), output, elapsed
+    result = BuildOutcome.model_validate_json(result_file.read_text()).result
+    assert result is not None, output[-4000:]
+    return result.model_dump(mode="json"), output, elapsed
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +196,7 @@ def test_images_are_slim_non_root_and_learners_have_no_mlflow(
     for role, ref in images.items():
         pulled = world.podman("pull", "-q", ref)
         assert pulled.returncode == 0, pulled.stderr
-        report[f"{role}_image_mb"] = round(image_size(ref) / MB)
+        report[f"{role}_image_mb"] = round(image_size(ref, world.driver) / MB)
         report[f"{role}_image_compressed_mb"] = round(compressed_sizes(ref, tls_verify=False)["linux/amd64"] / MB)
     learner, aggregator = images["learner"], images["aggregator"]
     no_mlflow = world.podman("run", "--rm", "--network", "host", learner, "python", "-c", "import mlflow")
@@ -274,7 +280,7 @@ def test_compose_suite_is_valid_and_its_images_build(world: ContainerWorld, repo
         for port in service.get("ports", []):
             assert port.startswith("${FLOPS_BIND:-127.0.0.1}:"), port
 
-    options = OciOptions(registry=world.registry, tls_verify=False, **pip_settings_from_host())
+    options = OciOptions(registry=world.registry, tls_verify=False, **BuilderSettings.from_env().host_pip_options())
     clock = Stopwatch()
     for target in ("observatory", "manager"):
         with build_settings(options, "linux/amd64") as volumes:

@@ -11,11 +11,16 @@ from typing import Any
 
 import pytest
 
+from flops.build import BuildOutcome, BuildResult
+from flops.events import BuilderFailed, BuilderStarted
+from flops.ml_repo.source import checkout_key
 from flops.net import free_port
 from image_builder import main as builder_main
 from image_builder.dependencies import DependencyError, PlatformPins, read_dependencies
 from image_builder.environments import IndexSettings, environment_key, is_complete, prepare_platform
-from image_builder.main import RepositoryRefused, check_tree
+from image_builder.settings import BuilderSettings
+from image_builder.source import RepositoryRefused, check_tree, fetch_source
+from image_builder.stages import StageFailed, Stages
 from tests.conftest import EXAMPLES, ROOT
 
 PINS = PlatformPins(
@@ -75,7 +80,7 @@ def git_repo(path: Path, source: Path | None = None, files: dict[str, str] | Non
     return path
 
 
-def builder_args(url: str, cache: Path, result_file: Path) -> list[str]:
+def builder_args(url: str, cache: Path | str, result_file: Path | str) -> list[str]:
     return [
         "--project-id",
         "p1",
@@ -86,6 +91,25 @@ def builder_args(url: str, cache: Path, result_file: Path) -> list[str]:
         "--result-file",
         str(result_file),
     ]
+
+
+def read_outcome(result_file: Path) -> BuildOutcome:
+    """The result file as the manager reads it: exactly one of result and failure."""
+    text = result_file.read_text()
+    assert len(json.loads(text)) == 1, text
+    return BuildOutcome.model_validate_json(text)
+
+
+def read_result(result_file: Path) -> BuildResult:
+    outcome = read_outcome(result_file)
+    assert outcome.result is not None, outcome.failure
+    return outcome.result
+
+
+def read_failure(result_file: Path) -> tuple[str, str]:
+    outcome = read_outcome(result_file)
+    assert outcome.failure is not None, outcome.result
+    return outcome.failure.stage, outcome.failure.error
 
 
 def run_builder(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -105,7 +129,12 @@ def run_builder(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Builder events, captured instead of published."""
     published: list[Any] = []
-    monkeypatch.setattr(builder_main, "publish_once", lambda event: published.append(event) or True)
+
+    def capture(event: Any) -> bool:
+        published.append(event)
+        return True
+
+    monkeypatch.setattr(builder_main, "publish_once", capture)
     return published
 
 
@@ -274,11 +303,11 @@ def test_symlink_outside_the_repository_is_refused(tmp_path: Path, events: list[
     result_file = tmp_path / "result.json"
     code = builder_main.main(builder_args(str(repo), str(tmp_path / "cache"), str(result_file)))
     assert code == 1
-    failure = json.loads(result_file.read_text())
-    assert failure["stage"] == "validate"
-    assert "data/leak" in failure["error"]
+    stage, error = read_failure(result_file)
+    assert stage == "validate"
+    assert "data/leak" in error
     assert [(e.event, e.payload) for e in events][-1] == ("failed", {"stage": "validate"})
-    assert events[-1].error == failure["error"]
+    assert events[-1].error == error
 
 
 def test_repositories_over_the_size_limit_are_refused(tmp_path: Path) -> None:
@@ -290,7 +319,7 @@ def test_repositories_over_the_size_limit_are_refused(tmp_path: Path) -> None:
     result_file = tmp_path / "result.json"
     args = builder_args(str(repo), tmp_path / "c", result_file)
     assert builder_main.main([*args, "--max-repo-mb", "1"]) == 1
-    assert json.loads(result_file.read_text())["stage"] == "validate"
+    assert read_failure(result_file)[0] == "validate"
 
 
 def test_environment_keys_follow_role_requirements_and_platform_source(tmp_path: Path) -> None:
@@ -335,9 +364,9 @@ def test_repository_without_the_contract_fails_at_validate(tmp_path: Path) -> No
     result_file = tmp_path / "result.json"
     done = run_builder(*builder_args(str(repo), str(tmp_path / "c"), str(result_file)))
     assert done.returncode == 1, done.stdout + done.stderr
-    failure = json.loads(result_file.read_text())
-    assert failure["stage"] == "validate"
-    assert "model_manager.py" in failure["error"] and "\n" not in failure["error"]
+    stage, error = read_failure(result_file)
+    assert stage == "validate"
+    assert "model_manager.py" in error and "\n" not in error
     assert "FAILED at validate" in done.stdout
 
 
@@ -346,11 +375,95 @@ def test_unreachable_repository_fails_at_fetch(tmp_path: Path, events: list[Any]
     url = f"http://127.0.0.1:{free_port()}/nobody/nothing.git"
     code = builder_main.main(builder_args(url, str(tmp_path / "c"), str(result_file)))
     assert code == 1
-    failure = json.loads(result_file.read_text())
-    assert failure["stage"] == "fetch"
-    assert f"cannot fetch {url}: fatal:" in failure["error"]
+    stage, error = read_failure(result_file)
+    assert stage == "fetch"
+    assert f"cannot fetch {url}: fatal: unable to access" in error and "Failed to connect" in error
     assert [e.event for e in events] == ["started", "failed"]
-    assert events[1].payload == {"stage": "fetch"} and events[1].component == "builder"
+    assert events[0].typed_payload() == BuilderStarted(repo_url=url, ref=None)
+    assert events[1].typed_payload() == BuilderFailed(stage="fetch") and events[1].component == "builder"
+    assert events[1].error == error
+
+
+def test_source_stage_fetches_checks_and_reads_dependencies(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo", source=EXAMPLES / "digits-sklearn")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    stages = Stages()
+    cache = tmp_path / "cache"
+    source = fetch_source(str(repo), None, cache, tmp_path / "copy", 2**20, stages)
+    assert source.commit == head and source.url == str(repo.resolve())
+    assert source.checkout == cache / "repos" / checkout_key(str(repo))
+    assert source.dependencies.requirements == ["numpy", "scikit-learn"]
+    assert (source.repo / "model_manager.py").is_file() and not (source.repo / ".git").exists()
+    assert list(stages.durations) == ["fetch", "validate", "dependencies"]
+    # A refusal found while copying is reported at validate, like the contract.
+    big = git_repo(tmp_path / "big", source=EXAMPLES / "digits-sklearn", files={"weights.txt": "0" * 2**20})
+    with pytest.raises(StageFailed) as caught:
+        fetch_source(str(big), None, cache, tmp_path / "copy-2", 2**20, Stages())
+    assert caught.value.stage == "validate" and "larger than the limit of 1 MB" in caught.value.message
+
+
+def test_check_only_checks_and_builds_nothing(tmp_path: Path, events: list[Any]) -> None:
+    repo = git_repo(tmp_path / "repo", source=EXAMPLES / "digits-sklearn")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    cache, result_file = tmp_path / "cache", tmp_path / "result.json"
+    assert builder_main.main([*builder_args(str(repo), cache, result_file), "--check-only"]) == 0
+    result = read_result(result_file)
+    assert result.commit == head
+    assert Path(result.repo_dir) == cache / "repos" / checkout_key(str(repo))
+    assert (Path(result.repo_dir) / "model_manager.py").is_file()
+    assert set(result.stage_durations) == {"fetch", "validate", "dependencies"}
+    assert not (cache / "platform").exists() and not (cache / "envs").exists()
+    assert not list((cache / "work").iterdir())  # the private copy is gone
+    assert events == []
+
+    broken = git_repo(tmp_path / "broken", files={"README.md": "no code\n", "requirements.txt": "numpy\n"})
+    assert builder_main.main([*builder_args(str(broken), cache, result_file), "--check-only"]) == 1
+    stage, error = read_failure(result_file)
+    assert stage == "validate" and events == []
+    assert error.startswith("the repository is not a valid FLOps ML repository: ")
+    assert "model_manager.py" in error and error.endswith(
+        "(see docs/ml-repository.md for what a repository must provide)"
+    )
+
+
+def test_a_bad_host_fails_with_gits_whole_reason(tmp_path: Path, events: list[Any]) -> None:
+    result_file = tmp_path / "result.json"
+    url = "https://nosuch.invalid/x.git"
+    assert builder_main.main([*builder_args(url, tmp_path / "c", result_file), "--check-only"]) == 1
+    stage, error = read_failure(result_file)
+    assert stage == "fetch"
+    assert error == (
+        f"cannot fetch {url}: fatal: unable to access 'https://nosuch.invalid/x.git/': "
+        "Could not resolve host: nosuch.invalid"
+    )
+    assert events == []
+
+
+def test_the_builder_entry_point_imports_no_oci_module_and_oci_imports_no_entry_point() -> None:
+    probe = (
+        "import sys, image_builder.main\n"
+        "assert not [m for m in sys.modules if m.startswith('image_builder.oci')], 'main imports oci'\n"
+        "del sys.modules['image_builder.main']\n"
+        "import image_builder.oci.builder, image_builder.oci.inference, image_builder.oci.base_image\n"
+        "assert 'image_builder.main' not in sys.modules, 'oci imports main'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_settings_are_read_from_the_environment_once(tmp_path: Path) -> None:
+    config = tmp_path / "pip.conf"
+    ca = tmp_path / "ca.crt"
+    ca.write_text("certificate")
+    config.write_text(f"[global]\nindex-url = https://mirror/simple\ncert = {ca}\n")
+    settings = BuilderSettings.from_env(
+        {"PIP_CONFIG_FILE": str(config), "FLOPS_BUILDAH_STORAGE_DRIVER": "vfs", "FLOPS_BUILDER_INSTALLER": "pip"}
+    )
+    assert settings.storage_driver == "vfs" and settings.force_pip
+    assert settings.host_pip_options()["pip_index_url"] == "https://mirror/simple"
+    assert settings.host_pip_options()["ca_bundle"] == ca
+    plain = BuilderSettings.from_env({"PIP_CONFIG_FILE": os.devnull})
+    assert plain.storage_driver is None and not plain.force_pip and plain.host_pip_options()["ca_bundle"] is None
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +489,7 @@ def digits_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cold_s = time.monotonic() - started
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]
-    results = [json.loads((base / f"result-{index}.json").read_text()) for index in range(2)]
+    results = [read_result(base / f"result-{index}.json").model_dump() for index in range(2)]
     return {"repo": repo, "cache": cache, "results": results, "cold_s": cold_s, "base": base}
 
 
@@ -389,22 +502,14 @@ def test_full_build_makes_both_environments(digits_build: dict[str, Any]) -> Non
     built = first if not first["reused"] else second
     for name in ("commit", "repo_dir", "learner_python", "aggregator_python", "build_key"):
         assert first[name] == second[name]
-    assert set(built) == {
-        "commit",
-        "repo_dir",
-        "learner_python",
-        "aggregator_python",
-        "images",
-        "build_key",
-        "reused",
-        "stage_durations",
-    }
+    assert built["images"] == {} and built["oci"] is None
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=digits_build["repo"], capture_output=True, text=True)
     assert built["commit"] == head.stdout.strip()
     assert set(built["stage_durations"]) == {
         "fetch",
         "validate",
         "dependencies",
+        "plan",
         "snapshot",
         "learner_env",
         "aggregator_env",
@@ -443,8 +548,8 @@ def test_second_build_of_the_same_commit_is_reused_quickly(digits_build: dict[st
     elapsed = time.monotonic() - started
     print(f"warm build: {elapsed:.2f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
-    result = json.loads(result_file.read_text())
-    assert result["reused"] is True
-    assert result["build_key"] == digits_build["results"][0]["build_key"]
-    assert set(result["stage_durations"]) == {"fetch", "validate", "dependencies"}
+    result = read_result(result_file)
+    assert result.reused is True
+    assert result.build_key == digits_build["results"][0]["build_key"]
+    assert set(result.stage_durations) == {"fetch", "validate", "dependencies", "plan"}
     assert elapsed < 5, elapsed

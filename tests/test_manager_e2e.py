@@ -1,7 +1,10 @@
-"""The manager end to end over HTTP: real Mosquitto, MLflow, git repositories and FL processes."""
+"""The manager end to end over HTTP: real Mosquitto, MLflow, git repositories and FL processes.
 
+Only what needs the running lifecycle is here; what the API refuses is in tests/test_api.py.
+"""
+
+import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +14,8 @@ import pytest
 import requests
 
 from flops.net import http_ok, wait_until
-from tests.conftest import EXAMPLES
-from tests.manager_process import FINAL, Manager, make_git_repo, sla
+from tests.conftest import EXAMPLES, run_flops
+from tests.manager_process import FINAL, Manager, git, make_git_repo, sla
 
 pytestmark = pytest.mark.slow
 
@@ -108,56 +111,35 @@ def test_cancel_during_training_leaves_no_process(manager: Manager, digits_repo:
     assert not any(h["active"] for h in project["deployment"])
 
 
-def test_bad_requests_get_clear_4xx_and_deploy_nothing(manager: Manager, digits_repo: Path, tmp_path: Path) -> None:
-    count = len(manager.call("GET", "/api/flops/projects").json())
-    missing = manager.call("POST", "/api/flops/projects", json={"customerID": "Admin", "ml_model_flavor": "sklearn"})
-    assert missing.status_code == 422 and missing.json()["details"][0]["field"] == "ml_repo_url"
-    unknown = manager.call("POST", "/api/flops/projects", json=sla(digits_repo, ml_repo_branch="x"))
-    assert unknown.status_code == 422 and "ml_repo_branch" in unknown.json()["message"]
-    wrong = sla(digits_repo)
-    wrong["training_configuration"]["training_rounds"] = "many"
-    wrong_answer = manager.call("POST", "/api/flops/projects", json=wrong)
-    assert wrong_answer.status_code == 422
-    assert wrong_answer.json()["details"][0]["field"] == "training_configuration.training_rounds"
-    impossible = sla(digits_repo)
-    impossible["training_configuration"]["min_fit_clients"] = 5
-    assert manager.call("POST", "/api/flops/projects", json=impossible).status_code == 422
-    unreachable = manager.call("POST", "/api/flops/projects", json=sla(tmp_path / "nowhere.git"))
-    assert unreachable.status_code == 422 and "cannot fetch" in unreachable.json()["message"]
-    no_contract = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path / "broken")
+def test_a_bad_repository_fails_the_project_at_building_with_the_whole_reason(manager: Manager, tmp_path: Path) -> None:
+    """The API accepts at once (it never fetches); the builder's full reason reaches the project."""
+    unresolvable = sla(tmp_path, rounds=1, ml_repo_url="https://flops-test-repository.invalid/user/model.git")
+    answer = manager.call("POST", "/api/flops/projects", json=unresolvable)
+    assert answer.status_code == 201, answer.text
+    no_contract = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path / "no-contract")
     (no_contract / "model_manager.py").unlink()
-    subprocess.run(["git", "-C", str(no_contract), "-c", "user.name=t", "-c", "user.email=t@e.invalid",
-                    "commit", "-qam", "drop"], check=True)  # fmt: skip
-    contract = manager.call("POST", "/api/flops/projects", json=sla(no_contract))
-    assert contract.status_code == 422 and "model_manager.py" in str(contract.json()["details"])
-    no_data = sla(digits_repo)
-    no_data["training_configuration"]["data_tags"] = ["mnist"]
-    assert "mocks" in manager.call("POST", "/api/flops/projects", json=no_data).json()["message"]
-    assert manager.call("POST", "/api/flops/projects", token=None, json=sla(digits_repo)).status_code == 401
-    assert manager.call("POST", "/api/flops/projects", token="flops_forged", json=sla(digits_repo)).status_code == 401
-    not_json = manager.call("POST", "/api/flops/projects", data=b"{not json")
-    assert not_json.status_code in (400, 422) and "message" in not_json.json()
+    git(no_contract, "commit", "-qam", "drop the model manager")
+    contract = manager.call("POST", "/api/flops/projects", json=sla(no_contract, rounds=1))
+    assert contract.status_code == 201, contract.text
+    for submitted, reason in ((answer, "Could not resolve host"), (contract, "model_manager.py")):
+        project = manager.wait_for(submitted.json()["project_id"], FINAL, timeout=120)
+        assert project["status"] == "failed", project
+        assert project["error"]["stage"] == "building", project["error"]
+        assert reason in project["error"]["message"], project["error"]
+        assert "aggregator" not in project["components"]
+
+
+def test_cli_dry_run_checks_and_starts_nothing(manager: Manager, digits_repo: Path, tmp_path: Path) -> None:
+    env = {"FLOPS_MANAGER_URL": manager.url, "FLOPS_TOKEN": manager.admin_token}
+    count = len(manager.call("GET", "/api/flops/projects").json())
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(sla(digits_repo)), encoding="utf-8")
+    valid = run_flops("submit", "--dry-run", str(good), env=env, timeout=120)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert "valid" in valid.stdout and git(digits_repo, "rev-parse", "HEAD") in valid.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"ml_repo_url: {digits_repo}\nml_model_flavor: sklearn\nml_repo_ref: no-such-branch\n")
+    refused = run_flops("submit", "--dry-run", str(bad), env=env, timeout=120)
+    assert refused.returncode == 2 and "no-such-branch" in refused.stdout, refused.stdout + refused.stderr
+    assert '"stage"' in refused.stdout
     assert len(manager.call("GET", "/api/flops/projects").json()) == count
-
-
-def test_customers_see_only_their_own_projects(manager: Manager, digits_repo: Path) -> None:
-    alice = manager.call("POST", "/api/flops/tokens", json={"customer_id": "alice"}).json()["token"]
-    bob = manager.call("POST", "/api/flops/tokens", json={"customer_id": "bob"}).json()["token"]
-    assert manager.call("POST", "/api/flops/tokens", token=bob, json={"customer_id": "eve"}).status_code == 403
-    mine = manager.call("POST", "/api/flops/projects", token=alice, json=sla(digits_repo, rounds=1, customerID="alice"))
-    assert mine.status_code == 201, mine.text
-    project_id = mine.json()["project_id"]
-    assert manager.call("GET", f"/api/flops/projects/{project_id}", token=bob).status_code == 404
-    assert manager.call("DELETE", f"/api/flops/projects/{project_id}", token=bob).status_code == 404
-    assert project_id not in [p["project_id"] for p in manager.call("GET", "/api/flops/projects", token=bob).json()]
-    as_bob = manager.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, customerID="alice"))
-    assert as_bob.status_code == 403
-    assert manager.wait_for(project_id, FINAL)["status"] == "completed"
-
-
-def test_openapi_and_tracking(manager: Manager) -> None:
-    document = manager.call("GET", "/api/openapi.json", token=None).json()
-    assert "ProjectSLA" in document["components"]["schemas"]
-    assert "/api/flops/projects" in document["paths"]
-    tracking = manager.call("GET", "/api/flops/tracking").json()
-    assert tracking["tracking_server_url"] == manager.env["FLOPS_TRACKING_URI"]

@@ -9,6 +9,7 @@ stand-in (`run_locally=True`).
 import datetime
 import ipaddress
 import json
+import socket
 import sys
 import threading
 import time
@@ -22,9 +23,10 @@ from pydantic import SecretStr
 
 from flops.net import wait_until
 from flops_manager.orchestration.addresses import AddressAllocator, AddressError
-from flops_manager.orchestration.base import OrchestratorError, ServiceSpec, ServiceStatus
+from flops_manager.orchestration.base import OrchestratorError, ServiceSpec, ServiceStatus, TransientOrchestratorError
 from flops_manager.orchestration.oakestra import (
     NEGATIVE_STATUSES,
+    OakestraAPIError,
     OakestraConfigError,
     OakestraOrchestrator,
     OakestraServiceSpec,
@@ -32,6 +34,7 @@ from flops_manager.orchestration.oakestra import (
     application_name,
     application_namespace,
     decode_body,
+    is_transient_status,
     map_status,
     mongo_id,
 )
@@ -55,7 +58,11 @@ def store(tmp_path: Path) -> Iterator[ProjectStore]:
 
 
 def orchestrator(standin: OakestraStandin, store: ProjectStore, **settings: Any) -> OakestraOrchestrator:
-    values: dict[str, Any] = {"url": standin.url, "username": USER, "password": PASSWORD, **settings}
+    return orchestrator_at(standin.url, store, **settings)
+
+
+def orchestrator_at(url: str, store: ProjectStore, **settings: Any) -> OakestraOrchestrator:
+    values: dict[str, Any] = {"url": url, "username": USER, "password": PASSWORD, **settings}
     return OakestraOrchestrator(OakestraSettings(**values), AddressAllocator.from_store(store))
 
 
@@ -318,8 +325,9 @@ def test_wrong_password_is_a_clear_error(standin: OakestraStandin, store: Projec
         OakestraSettings(url=standin.url, username=USER, password=SecretStr("wrong")),
         AddressAllocator.from_store(store),
     )
-    with pytest.raises(OrchestratorError, match=r"login as 'flops' failed .*invalid username or password"):
+    with pytest.raises(OrchestratorError, match=r"login as 'flops' failed .*invalid username or password") as error:
         backend.deploy(spec())
+    assert not error.value.transient  # retrying with the same password cannot help
 
 
 def test_organization_is_sent_at_login(standin: OakestraStandin, store: ProjectStore) -> None:
@@ -491,16 +499,74 @@ def test_invalid_sla_is_refused_with_oakestras_message(standin: OakestraStandin,
         backend.client.request("POST", "/api/service/", bad)
     message = str(error.value)
     assert "HTTP 422" in message and "microservice_name" in message and "rr_ip" in message and "vcpus" in message
+    assert isinstance(error.value, OakestraAPIError) and error.value.status_code == 422
+    assert not error.value.transient
 
 
 def test_other_documented_answers(standin: OakestraStandin, store: ProjectStore) -> None:
     backend = orchestrator(standin, store)
     handle = backend.deploy(spec())
     service_id = handle.ref.split("/")[1]
-    with pytest.raises(OrchestratorError, match="HTTP 501"):
+    with pytest.raises(OrchestratorError, match="HTTP 501") as error:
         backend.client.request("PUT", f"/api/service/{service_id}", {})
+    assert not error.value.transient  # "not implemented" does not change on a retry
     assert backend.client.request("POST", "/api/service/0123456789abcdef01234567/instance") == {"message": "ok"}
     assert backend.client.request("GET", "/api/clusters/active", auth=False)[0]["cluster_name"] == "cluster1"
+
+
+# -- transient versus permanent errors ---------------------------------------------------------------
+
+
+def test_http_statuses_are_classified() -> None:
+    assert all(is_transient_status(code) for code in (408, 429, 500, 502, 503, 504, 507))
+    assert not any(is_transient_status(code) for code in (400, 401, 403, 404, 409, 422, 501))
+
+
+def test_a_system_manager_answering_503_is_transient(standin: OakestraStandin, store: ProjectStore) -> None:
+    backend = orchestrator(standin, store)
+    handle = backend.deploy(spec())
+    standin.outage = (503, {"message": "upstream restarting"})
+    with pytest.raises(TransientOrchestratorError, match=r"HTTP 503.*upstream restarting"):
+        backend.status(handle)  # not "gone": the question went unanswered
+    with pytest.raises(TransientOrchestratorError, match="HTTP 503"):
+        backend.deploy(spec(name="learner-1", role="learner"))
+    with pytest.raises(TransientOrchestratorError):
+        backend.undeploy_project("proj-1")
+    standin.outage = None  # back again: the same calls work
+    assert backend.status(handle).status is ServiceStatus.RUNNING
+    assert backend.deploy(spec(name="learner-1", role="learner")).address
+
+
+def test_a_login_answered_500_is_transient(standin: OakestraStandin, store: ProjectStore) -> None:
+    standin.outage = (500, {"message": "database not ready"})
+    with pytest.raises(TransientOrchestratorError, match=r"login as 'flops' failed \(HTTP 500\): database not ready"):
+        orchestrator(standin, store).deploy(spec())
+    assert not store._db["addresses"].find_one({})  # nothing allocated for a deploy that never started
+
+
+def test_a_stopped_system_manager_is_transient(standin: OakestraStandin, store: ProjectStore) -> None:
+    backend = orchestrator(standin, store)
+    handle = backend.deploy(spec())
+    url = standin.url
+    standin.stop()  # connection refused from now on
+    with pytest.raises(TransientOrchestratorError, match=f"cannot reach Oakestra at {url}"):
+        backend.status(handle)
+    with pytest.raises(TransientOrchestratorError):
+        backend.logs(handle)
+    with pytest.raises(TransientOrchestratorError):
+        backend.undeploy(handle)
+    fresh = orchestrator_at(url, store)
+    with pytest.raises(TransientOrchestratorError, match="cannot reach Oakestra"):
+        fresh.deploy(spec(name="learner-1", role="learner"))
+
+
+def test_a_system_manager_that_never_answers_times_out_as_transient(store: ProjectStore) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(TransientOrchestratorError, match="timed out"):
+            orchestrator_at(url, store, timeout_s=0.5).deploy(spec())
+        assert time.monotonic() - started < 10
 
 
 # -- statuses --------------------------------------------------------------------------------------

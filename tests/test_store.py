@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from flops.sla import ProjectSLA
 from flops_manager import store as store_module
 from flops_manager.models import EventRecord, Project, ProjectError, ProjectStatus
 from flops_manager.store import DuplicateProjectError, ProjectStore, StoreError, open_store
@@ -46,11 +47,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectSto
         client.close()
 
 
+SLA = ProjectSLA.model_validate({
+    "customerID": "alice", "ml_repo_url": "https://git.example.com/alice/digits.git", "ml_model_flavor": "sklearn",
+    "backend": "docker", "post_training_steps": ["build_image_for_trained_model"],
+    "training_configuration": {"data_tags": ["digits"], "training_rounds": 5},
+})  # fmt: skip
+
+
 def make_project(project_id: str = "p1", customer_id: str = "alice", created_at: float = 100.0) -> Project:
     return Project(
         project_id=project_id,
         customer_id=customer_id,
-        sla={"name": project_id},
+        sla=SLA,
         created_at=created_at,
         updated_at=created_at,
     )
@@ -65,12 +73,22 @@ def test_insert_get_roundtrip(store: ProjectStore) -> None:
     store.insert(project)
     got = store.get("p1")
     assert got is not None
-    assert got.project_id == "p1" and got.customer_id == "alice" and got.sla == {"name": "p1"}
+    assert got.project_id == "p1" and got.customer_id == "alice" and got.sla == SLA
     assert got.status == ProjectStatus.SUBMITTED and got.desired == "running"
     # the starting stage is opened at creation so every stage has a timing
     assert got.stages["submitted"].started_at == 100.0 and got.stages["submitted"].ended_at is None
     assert project.stages == {}  # the caller's object is not changed
     assert store.get("nope") is None
+
+
+def test_the_sla_is_stored_under_its_own_field_names_and_read_back_validated(store: ProjectStore) -> None:
+    store.insert(make_project())
+    raw = store._projects.find_one({"_id": "p1"})
+    assert raw["sla"]["customerID"] == "alice" and "customer_id" not in raw["sla"]
+    assert raw["sla"]["backend"] == "docker" and raw["sla"]["training_configuration"]["training_rounds"] == 5
+    got = store.get("p1")
+    assert got is not None and isinstance(got.sla, ProjectSLA) and got.sla == SLA
+    assert got.sla.post_training_steps == SLA.post_training_steps
 
 
 def test_insert_duplicate_raises(store: ProjectStore) -> None:

@@ -1,6 +1,7 @@
 """`flops up/down/status/submit/projects/watch/logs/cancel/demo`: the manager from a terminal."""
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -21,6 +22,11 @@ from flops.tracking_server import TrackingServerError
 console = Console(soft_wrap=True)
 FINAL = ("completed", "failed", "cancelled")
 STAGE_ORDER = ["submitted", "building", "deploying", "training", "post_training", "completed", "failed", "cancelled"]
+
+
+def manager_client(base_url: str | None = None) -> ManagerClient:
+    """The manager this command talks to, with the token the environment names."""
+    return ManagerClient.from_env(os.environ, base_url)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -44,7 +50,7 @@ def down_command() -> None:
     """Cancel active projects and stop the embedded stack."""
     state = stack.read_state()
     if state:
-        client = ManagerClient(state["manager_url"])
+        client = manager_client(state["manager_url"])
         try:
             projects = client.projects()
             for project in projects:  # cancels active ones, stops served models of the rest
@@ -66,7 +72,7 @@ def status_command(
     """Show whether the embedded stack runs and where, or one project's state."""
     if project_id:
         try:
-            project = ManagerClient().project(project_id)
+            project = manager_client().project(project_id)
         except ManagerError as error:
             raise fail(error.message) from error
         console.print(_project_table(project))
@@ -90,16 +96,24 @@ def status_command(
 def submit_command(
     sla_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="SLA as JSON or YAML"),
     wait: bool = typer.Option(False, "--wait", help="watch the project until it ends"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="only check the SLA and fetch and check the repository; start nothing"
+    ),
 ) -> None:
-    """Submit a project SLA to the manager."""
-    client = ManagerClient()
+    """Submit a project SLA to the manager (or, with --dry-run, only check it)."""
+    client = manager_client()
     try:
-        answer = client.submit(sla_file.read_text(encoding="utf-8"))
+        answer = client.submit(sla_file.read_text(encoding="utf-8"), dry_run=dry_run)
     except ManagerError as error:
-        console.print(f"[red]refused:[/red] {error.message}")
+        console.print("[red]refused:[/red]", end=" ")
+        console.print(error.message, markup=False, highlight=False)  # git's and the checker's text as is
         if error.details:
             console.print_json(json.dumps(error.details))
         raise typer.Exit(2) from error
+    if dry_run:
+        ref = f" at {answer['ref']}" if answer.get("ref") else ""
+        console.print(f"[green]valid[/green]: {answer['repo_url']}{ref} is commit {answer['commit']}; nothing started")
+        return
     console.print(f"project [bold]{answer['project_id']}[/bold] submitted")
     if wait:
         raise typer.Exit(watch(client, answer["project_id"]))
@@ -110,7 +124,7 @@ def projects_command(
 ) -> None:
     """List projects."""
     try:
-        projects = ManagerClient().projects(status or None)
+        projects = manager_client().projects(status or None)
     except ManagerError as error:
         raise fail(error.message) from error
     table = Table(title="projects")
@@ -187,7 +201,7 @@ def print_summary(project: dict[str, Any]) -> None:
 def watch_command(project_id: str = typer.Argument(...)) -> None:
     """Follow a project's stages and rounds live."""
     try:
-        raise typer.Exit(watch(ManagerClient(), project_id))
+        raise typer.Exit(watch(manager_client(), project_id))
     except ManagerError as error:
         raise fail(error.message) from error
 
@@ -197,7 +211,7 @@ def logs_command(
 ) -> None:
     """Print the logs of a project's components."""
     try:
-        logs = ManagerClient().logs(project_id, component or None)
+        logs = manager_client().logs(project_id, component or None)
     except ManagerError as error:
         raise fail(error.message) from error
     for name, text in logs.items():
@@ -208,7 +222,7 @@ def logs_command(
 def cancel_command(project_id: str = typer.Argument(...)) -> None:
     """Cancel a project and tear down what it deployed."""
     try:
-        answer = ManagerClient().cancel(project_id)
+        answer = manager_client().cancel(project_id)
     except ManagerError as error:
         raise fail(error.message) from error
     console.print(answer["message"])
@@ -232,7 +246,7 @@ def demo_command(rounds: int = typer.Option(3, "--rounds"), learners: int = type
     """Start the stack, make node data, train digits-sklearn federatedly and serve the model."""
     started = time.monotonic()
     up_command()
-    client = ManagerClient(stack.read_state()["manager_url"])
+    client = manager_client(stack.read_state()["manager_url"])
     try:
         nodes = client.mocks("digits", learners, "digits")
         console.print(f"node data: {nodes}")

@@ -4,12 +4,16 @@ A node's data directory holds one folder per data tag with Parquet files in it
 (`DATA_DIR/<tag>/*.parquet`). The learner tells user code which directory and tags apply
 through the environment (`FLOPS_DATA_DIR`, `FLOPS_DATA_TAGS`), because FLOps's
 `load_dataset()` takes no arguments and user code calls it from deep inside its own classes.
+`NodeDataSettings` is that contract: the learner writes it with `env()`, and
+`load_dataset()`, the entry point of user code, reads it once with `from_env`.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     import datasets
@@ -48,18 +52,24 @@ def missing_tags(data_dir: Path, tags: Sequence[str]) -> list[str]:
     return missing
 
 
-def configured_data_dir() -> Path:
-    value = os.environ.get(DATA_DIR_ENV)
-    if not value:
-        raise NodeDataError(
-            f"{DATA_DIR_ENV} is not set: load_dataset() runs inside a FLOps learner, "
-            "or pass data_dir= explicitly when testing user code"
-        )
-    return Path(value)
+class NodeDataSettings(BaseModel):
+    """The data folder and tags user code on this node reads."""
 
+    data_dir: Path | None = None
+    data_tags: list[str] = Field(default_factory=list)
 
-def configured_tags() -> list[str]:
-    return [tag for tag in os.environ.get(DATA_TAGS_ENV, "").split(",") if tag]
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "NodeDataSettings":
+        value = env.get(DATA_DIR_ENV)
+        tags = [tag for tag in env.get(DATA_TAGS_ENV, "").split(",") if tag]
+        return cls(data_dir=Path(value) if value else None, data_tags=tags)
+
+    def env(self) -> dict[str, str]:
+        """The environment that gives user code these settings."""
+        values = {DATA_TAGS_ENV: ",".join(self.data_tags)}
+        if self.data_dir is not None:
+            values[DATA_DIR_ENV] = str(self.data_dir)
+        return values
 
 
 def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | None = None) -> "datasets.Dataset":
@@ -68,8 +78,14 @@ def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | 
     With no arguments (as FLOps user code calls it) the learner's configuration applies.
     Rows of all tags are concatenated in tag order; columns are the data set's own.
     """
-    directory = Path(data_dir) if data_dir is not None else configured_data_dir()
-    tags = list(data_tags) if data_tags is not None else configured_tags()
+    configured = NodeDataSettings.from_env(os.environ)
+    directory = Path(data_dir) if data_dir is not None else configured.data_dir
+    if directory is None:
+        raise NodeDataError(
+            f"{DATA_DIR_ENV} is not set: load_dataset() runs inside a FLOps learner, "
+            "or pass data_dir= explicitly when testing user code"
+        )
+    tags = list(data_tags) if data_tags is not None else configured.data_tags
     if not tags:
         raise NodeDataError(f"no data tags configured: set {DATA_TAGS_ENV} or name data_tags in the SLA")
     # Imported here: `datasets` takes a second to import, and Flower starts a fresh process

@@ -6,6 +6,7 @@ was checked out is recorded so a training can name exactly what it ran.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,24 @@ def fetch_repository(url: str, ref: str | None, cache_dir: Path) -> FetchedRepos
         repo.git.checkout("--force", "--detach", commit)
         repo.git.clean("-xdf")
     except git.GitCommandError as error:
-        detail = (error.stderr or str(error)).strip().splitlines()
         raise RepositoryError(
-            f"cannot fetch {url}" + (f" at {ref}" if ref else "") + f": {detail[-1] if detail else error}"
+            f"cannot fetch {url}" + (f" at {ref}" if ref else "") + f": {git_reason(error)}"
         ) from error
     return FetchedRepository(path=checkout, url=source, commit=commit)
+
+
+def git_reason(error: git.GitCommandError) -> str:
+    """git's own reason for a failed command, whole: its `fatal:`/`error:` lines, else all it said.
+
+    GitPython wraps stderr as `stderr: '...'`; the wrapping is removed, nothing is cut.
+    """
+    text = str(error.stderr or "").strip()
+    text = text.removeprefix("stderr:").strip()
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reasons = [line for line in lines if re.match(r"(fatal|error|remote: error|ERROR):", line)]
+    return " ".join(reasons or lines) or f"git exited with status {error.status}"
 
 
 def _resolve(repo: git.Repo, ref: str) -> str:

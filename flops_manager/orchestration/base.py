@@ -1,9 +1,15 @@
-"""The orchestrator interface: deploy, status, logs, undeploy.
+"""The orchestrator interface: deploy, status, logs, undeploy, undeploy_project.
 
 A `ServiceSpec` says what to run (an image or a local environment, a command, environment,
 ports, resources, placement); a backend turns it into processes, containers or Oakestra
 services and hands back a `ProcessHandle` the store keeps, so a restarted manager can
 find, watch and remove what it deployed.
+
+Errors: every backend call raises `OrchestratorError` when retrying cannot help (a refused
+spec, a 4xx, bad configuration, a missing executable) and `TransientOrchestratorError` (a
+subclass) when the backend could not be asked or could not answer now (unreachable,
+connection refused, 5xx, timeouts). The manager retries transient failures with backoff and
+fails the project's stage on permanent ones; `error.transient` tells them apart.
 """
 
 from abc import ABC, abstractmethod
@@ -15,7 +21,7 @@ from flops_manager.models import ProcessHandle
 
 
 class OrchestratorError(RuntimeError):
-    """A backend call failed for good (a refused spec, a 4xx): retrying cannot help.
+    """A backend call failed for good (a refused spec, a 4xx, bad configuration): retrying cannot help.
 
     The message says what failed and what to do. `transient` is False; see
     `TransientOrchestratorError` for failures worth retrying.
@@ -34,6 +40,8 @@ class TransientOrchestratorError(OrchestratorError):
 
 
 class ServiceSpec(BaseModel):
+    """One service to run: `image` for container backends, `command` always (run as given)."""
+
     project_id: str
     name: str
     role: str
@@ -49,10 +57,10 @@ class ServiceSpec(BaseModel):
 
 
 class ServiceStatus(StrEnum):
-    RUNNING = "running"
-    EXITED = "exited"
-    FAILED = "failed"
-    GONE = "gone"
+    RUNNING = "running"  # starting, scheduled or running: not finished yet
+    EXITED = "exited"  # finished with exit code 0
+    FAILED = "failed"  # finished otherwise, or could not be placed
+    GONE = "gone"  # the backend no longer knows the service (removed, or lost while the manager was away)
 
 
 class ServiceState(BaseModel):
@@ -66,16 +74,52 @@ class ServiceState(BaseModel):
 
 
 class Orchestrator(ABC):
+    """One way to run FL actors. Calls may come from several threads; handles outlive the process.
+
+    Every method raises `TransientOrchestratorError` when the backend cannot be asked now and
+    `OrchestratorError` when it refuses; neither is raised for a service that is simply gone.
+    """
+
     name: str
 
     @abstractmethod
-    def deploy(self, spec: ServiceSpec) -> ProcessHandle: ...
+    def deploy(self, spec: ServiceSpec) -> ProcessHandle:
+        """Start `spec` and return its handle (`backend` is this backend's `name`).
+
+        Raises `OrchestratorError` for a spec this backend cannot run (no image where one is
+        needed, a missing executable, a refused placement, a 4xx) and
+        `TransientOrchestratorError` when the backend is unreachable, answers 5xx or times out.
+        Nothing is left running when either is raised.
+        """
 
     @abstractmethod
-    def status(self, handle: ProcessHandle) -> ServiceState: ...
+    def status(self, handle: ProcessHandle) -> ServiceState:
+        """What the service is doing now; `GONE` only when the backend says it no longer exists.
+
+        Raises `TransientOrchestratorError` when the backend cannot be asked: an unanswered
+        question is never reported as a finished service.
+        """
 
     @abstractmethod
-    def logs(self, handle: ProcessHandle, tail: int = 200) -> str: ...
+    def logs(self, handle: ProcessHandle, tail: int = 200) -> str:
+        """The last `tail` lines of the service's output; "" when there are none or it is gone.
+
+        Raises `TransientOrchestratorError` when the backend cannot be asked.
+        """
 
     @abstractmethod
-    def undeploy(self, handle: ProcessHandle) -> None: ...
+    def undeploy(self, handle: ProcessHandle) -> None:
+        """Stop and remove the service. Idempotent: a service already gone is not an error.
+
+        Raises `TransientOrchestratorError` when the backend cannot be asked (the caller may
+        retry) and `OrchestratorError` when it refuses the removal.
+        """
+
+    def undeploy_project(self, project_id: str) -> bool:
+        """Remove everything this backend keeps for the project (an Oakestra application, the
+        containers labelled with it); whether there was anything.
+
+        The default: nothing is kept per project beyond its services, so there is nothing to
+        release and the answer is False. Errors as for `undeploy`.
+        """
+        return False

@@ -1,7 +1,8 @@
 """The `docker` backend: FL actors as containers of a Docker Engine (or Podman's Docker API).
 
-It talks to the engine through the `docker` package at DOCKER_HOST (or a given base URL):
-`unix:///var/run/docker.sock`, or Podman's compatible socket from
+It talks to the engine through the `docker` package at the base URL it is given (the manager
+passes DOCKER_HOST, read once at start-up): `unix:///var/run/docker.sock`, or Podman's
+compatible socket from
 `podman system service --time=0 unix:///PATH/podman.sock`. A `ServiceSpec` must name an
 image (the OCI target of the image builder makes them); the image is pulled when missing,
 then run detached as `flops-<project>-<service>` with the labels `flops.project` and
@@ -13,6 +14,10 @@ Project run folders can be bind-mounted read-write at the same path (`runs_dir`)
 commands the manager builds for the local backend (spec file, state folder) work unchanged
 inside the containers. Containers run as the image's user (non-root in FLOps images)
 unless `user` says otherwise; bind-mounted folders must be writable by that user.
+
+Errors: an engine that cannot be reached (connection refused, a missing socket, a timeout) or
+answers 5xx raises `TransientOrchestratorError`; a 4xx (a refused option, an image that does
+not exist) raises `OrchestratorError` with the engine's explanation.
 """
 
 import re
@@ -22,6 +27,7 @@ from typing import Any
 
 import docker.errors
 import requests
+from docker.tls import TLSConfig
 
 from flops.runtime_env import FLOWER_OFFLINE_ENV
 from flops_manager.models import ProcessHandle
@@ -31,6 +37,7 @@ from flops_manager.orchestration.base import (
     ServiceSpec,
     ServiceState,
     ServiceStatus,
+    TransientOrchestratorError,
 )
 
 PROJECT_LABEL = "flops.project"
@@ -40,6 +47,26 @@ STOP_TIMEOUT_S = 10
 _RUNNING_STATES = frozenset({"created", "running", "restarting", "paused"})
 # What the engine's API can raise: its own errors, and the transport's when it is unreachable.
 ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException)
+
+
+def tls_config(verify: bool, cert_path: Path | None) -> TLSConfig | None:
+    """TLS for a tcp:// engine as Docker's DOCKER_TLS_VERIFY / DOCKER_CERT_PATH define it; None: no TLS.
+
+    The folder holds `ca.pem`, `cert.pem` and `key.pem` (default `~/.docker` when only `verify`).
+    """
+    if not verify and cert_path is None:
+        return None
+    folder = cert_path or Path.home() / ".docker"
+    try:
+        return TLSConfig(
+            client_cert=(str(folder / "cert.pem"), str(folder / "key.pem")),
+            ca_cert=str(folder / "ca.pem"),
+            verify=verify,
+        )
+    except docker.errors.TLSParameterError as error:
+        raise OrchestratorError(
+            f"DOCKER_CERT_PATH {folder} must hold the engine's ca.pem and this client's cert.pem and key.pem: {error}"
+        ) from error
 
 
 def container_name(project_id: str, service: str) -> str:
@@ -60,22 +87,24 @@ class DockerOrchestrator(Orchestrator):
         timeout: int = 120,
         client: Any = None,
         extra_env: Mapping[str, str] | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
-        """`base_url` None: DOCKER_HOST and the other DOCKER_* variables decide."""
-        from docker.client import DockerClient, from_env
+        """Connect to the engine at `base_url` (with `tls` for a TCP endpoint), or use `client`.
+
+        Raises `TransientOrchestratorError` when the engine cannot be reached.
+        """
+        from docker.client import DockerClient
 
         self.network = network
         self.runs_dir = runs_dir
         self.user = user
         self.extra_env = {**FLOWER_OFFLINE_ENV, **(extra_env or {})}
+        if client is None and not base_url:
+            raise OrchestratorError("the docker backend needs the engine's address (DOCKER_HOST)")
         try:
-            self.client = client or (
-                DockerClient(base_url=base_url, timeout=timeout) if base_url else from_env(timeout=timeout)
-            )
+            self.client = client or DockerClient(base_url=base_url, timeout=timeout, tls=tls or False)
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(
-                f"cannot reach the container engine at {base_url or 'DOCKER_HOST'}: {error}"
-            ) from error
+            raise engine_error(f"cannot reach the container engine at {base_url}", error) from error
 
     def close(self) -> None:
         self.client.close()
@@ -88,11 +117,11 @@ class DockerOrchestrator(Orchestrator):
         except docker.errors.ImageNotFound:
             pass
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot look up image {image}: {_reason(error)}") from error
+            raise engine_error(f"cannot look up image {image}", error) from error
         try:
             self.client.images.pull(image)  # the package splits off the tag (default latest)
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot pull {image}: {_reason(error)}") from error
+            raise engine_error(f"cannot pull {image}", error) from error
 
     def _mounts(self, spec: ServiceSpec) -> list[Any]:
         from docker.types import Mount
@@ -136,7 +165,7 @@ class DockerOrchestrator(Orchestrator):
         except docker.errors.NotFound:
             return None
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot look up {handle.name}: {_reason(error)}") from error
+            raise engine_error(f"cannot look up {handle.name}", error) from error
 
     # ------------------------------------------------------------------ interface
     def deploy(self, spec: ServiceSpec) -> ProcessHandle:
@@ -148,16 +177,21 @@ class DockerOrchestrator(Orchestrator):
         except docker.errors.NotFound:
             existing = None
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot reach the container engine: {_reason(error)}") from error
+            raise engine_error("cannot reach the container engine", error) from error
         if existing is not None:
             if existing.status in _RUNNING_STATES:
                 raise OrchestratorError(f"{name} is already running (container {existing.short_id})")
-            existing.remove(force=True)  # a finished one from an earlier attempt
+            try:
+                existing.remove(force=True)  # a finished one from an earlier attempt
+            except docker.errors.NotFound:
+                pass
+            except ENGINE_ERRORS as error:
+                raise engine_error(f"cannot remove the earlier {name}", error) from error
         self._ensure_image(spec.image)
         try:
             container = self.client.containers.run(spec.image, **self._run_options(spec))
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot start {spec.name}: {_reason(error)}") from error
+            raise engine_error(f"cannot start {spec.name}", error) from error
         return ProcessHandle(name=spec.name, backend=self.name, ref=container.id, address=None)
 
     def status(self, handle: ProcessHandle) -> ServiceState:
@@ -180,8 +214,10 @@ class DockerOrchestrator(Orchestrator):
             return ""
         try:
             return bytes(container.logs(tail=tail)).decode("utf-8", errors="replace")
-        except ENGINE_ERRORS:
-            return ""
+        except docker.errors.NotFound:
+            return ""  # removed meanwhile
+        except ENGINE_ERRORS as error:
+            raise engine_error(f"cannot read the logs of {handle.name}", error) from error
 
     def undeploy(self, handle: ProcessHandle) -> None:
         container = self._container(handle)
@@ -193,7 +229,7 @@ class DockerOrchestrator(Orchestrator):
         try:
             containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project_id}"})
         except ENGINE_ERRORS as error:
-            raise OrchestratorError(f"cannot list containers: {_reason(error)}") from error
+            raise engine_error("cannot list containers", error) from error
         for container in containers:
             _remove(container)
         return bool(containers)
@@ -210,9 +246,30 @@ def _remove(container: Any) -> None:
     except docker.errors.NotFound:
         pass
     except ENGINE_ERRORS as error:
-        raise OrchestratorError(f"cannot remove container {container.short_id}: {_reason(error)}") from error
+        raise engine_error(f"cannot remove container {container.short_id}", error) from error
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: BaseException) -> str:
     """The engine's own explanation when it gave one, else the error's text."""
     return str(getattr(error, "explanation", None) or error)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the engine could not be asked (unreachable, timed out) or failed on its side (5xx).
+
+    A 4xx (`ImageNotFound` and other refusals) is the engine's answer and stays permanent. The
+    `docker` package wraps a refused connection in a plain `DockerException` when it first asks
+    for the API version, so the cause is looked at too.
+    """
+    if isinstance(error, docker.errors.APIError):  # an HTTPError too: decide by its status first
+        return error.is_server_error()
+    if isinstance(error, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        return True
+    cause = error.__cause__ or error.__context__
+    return cause is not None and cause is not error and is_transient(cause)
+
+
+def engine_error(action: str, error: BaseException) -> OrchestratorError:
+    """`action` failed with the engine's `error`: a transient or a permanent `OrchestratorError`."""
+    kind = TransientOrchestratorError if is_transient(error) else OrchestratorError
+    return kind(f"{action}: {_reason(error)}")

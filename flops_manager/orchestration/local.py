@@ -3,8 +3,13 @@
 Each service runs in its own session (process group) so that stopping it stops Flower's
 children too, and so that a manager that dies does not take training down with it: a
 restarted manager finds the groups again by the ids kept in the store.
+
+A process that cannot be started (a missing executable, no permission, an unwritable log
+folder) is a permanent `OrchestratorError`; only a machine out of processes or memory for now
+(EAGAIN, ENOMEM) is transient. Status and logs read this machine and never fail transiently.
 """
 
+import errno
 import subprocess
 from pathlib import Path
 
@@ -17,7 +22,11 @@ from flops_manager.orchestration.base import (
     ServiceSpec,
     ServiceState,
     ServiceStatus,
+    TransientOrchestratorError,
 )
+
+# fork() or exec() refused for lack of resources that may come back: worth another try.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM})
 
 
 class LocalOrchestrator(Orchestrator):
@@ -32,9 +41,9 @@ class LocalOrchestrator(Orchestrator):
 
     def deploy(self, spec: ServiceSpec) -> ProcessHandle:
         log_path = self.log_path(spec)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            try:
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("ab") as log:
                 child = subprocess.Popen(
                     spec.command,
                     stdout=log,
@@ -43,8 +52,11 @@ class LocalOrchestrator(Orchestrator):
                     env=process_env(spec.env),
                     start_new_session=True,
                 )
-            except OSError as error:
-                raise OrchestratorError(f"cannot start {spec.name}: {error}") from error
+        except OSError as error:
+            kind = TransientOrchestratorError if error.errno in _TRANSIENT_ERRNOS else OrchestratorError
+            raise kind(
+                f"cannot start {spec.name} ({spec.command[0] if spec.command else 'no command'}): {error}"
+            ) from error
         self._children[child.pid] = child
         return ProcessHandle(name=spec.name, backend=self.name, ref=str(child.pid), log_path=str(log_path))
 
@@ -72,7 +84,10 @@ class LocalOrchestrator(Orchestrator):
 
     def undeploy(self, handle: ProcessHandle) -> None:
         pid = int(handle.ref)
-        stop_group(pid, grace=5.0)
+        try:
+            stop_group(pid, grace=5.0)
+        except PermissionError as error:
+            raise OrchestratorError(f"cannot stop {handle.name} (process group {pid}): {error}") from error
         child = self._children.pop(pid, None)
         if child is not None:
             try:

@@ -1,0 +1,178 @@
+"""Deploy: place learners where the data is and start the aggregator and the learners.
+
+Each actor's command line comes from `flops.actors`; `ActorPlan` only says how the actors run
+on the project's backend (this machine's build environments, or the images' console scripts
+with the code inside the image).
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from flops.actors import aggregator_command, learner_command
+from flops.build import IMAGE_APP_DIR, BuildResult
+from flops.net import free_port
+from flops.training import TrainingSpec
+from flops_manager.models import ProcessHandle, Project, ProjectStatus, default_model_name
+from flops_manager.nodes import LocalNode, PlacementError, discover_nodes, place_learners
+from flops_manager.orchestration.base import Orchestrator, OrchestratorError, ServiceSpec
+from flops_manager.settings import ManagerSettings
+from flops_manager.stages import training
+from flops_manager.stages.context import StageContext
+from flops_manager.stages.errors import StageError
+
+log = logging.getLogger("flops.manager")
+STAGE = "deploying"
+AGGREGATOR = "aggregator"
+SPEC_FILE = "spec.json"
+
+
+def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
+    """What the aggregator runs: the SLA's training configuration at the built commit."""
+    sla = project.sla
+    config = sla.training_configuration
+    return TrainingSpec(
+        project_id=project.project_id,
+        model_name=project.model_name or default_model_name(sla),
+        model_flavor=sla.ml_model_flavor,
+        rounds=config.training_rounds,
+        min_available_clients=config.min_available_clients,
+        min_fit_clients=config.min_fit_clients,
+        min_evaluate_clients=config.min_evaluate_clients,
+        data_tags=config.data_tags,
+        strategy=sla.strategy,
+        hyperparameters=sla.hyperparameters,
+        best_model_metric=sla.best_model_metric,
+        learner_wait_timeout=sla.learner_wait_timeout,
+        repo_url=sla.ml_repo_url,
+        repo_commit=build.commit,
+    )
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How the FL actors run on one backend.
+
+    Locally the actors are the build's environments and folders on this machine; on container
+    backends they are the images' console scripts, with the code inside the image.
+    """
+
+    backend: str
+    local: bool
+    repo_dir: str
+    aggregator_python: str | None = None
+    learner_python: str | None = None
+    images: dict[str, str] = field(default_factory=dict)
+    remote_data_root: str | None = None
+
+    @classmethod
+    def for_backend(cls, backend: str, build: BuildResult, settings: ManagerSettings) -> "ActorPlan":
+        if backend == "local":
+            return cls(
+                backend=backend,
+                local=True,
+                repo_dir=build.repo_dir,
+                aggregator_python=build.aggregator_python or sys.executable,
+                learner_python=build.learner_python or sys.executable,
+            )
+        images = dict(build.images)
+        repo_dir = IMAGE_APP_DIR
+        if not images and settings.placeholder_images:
+            # Only for stand-ins that run commands on this machine: name an image, use local code.
+            tag = build.commit[:12] or "local"
+            images = {role: f"localhost/flops/{role}:{tag}" for role in ("aggregator", "learner")}
+            repo_dir = build.repo_dir
+        return cls(
+            backend=backend, local=False, repo_dir=repo_dir, images=images, remote_data_root=settings.remote_data_root
+        )
+
+    @property
+    def in_image(self) -> bool:
+        return not self.local
+
+    def data_mounts(self, node: LocalNode) -> dict[str, str]:
+        """Containers on this machine see the node folder read-only at the same path."""
+        if self.backend != "docker" or self.remote_data_root:
+            return {}
+        return {str(node.data_dir): str(node.data_dir)}
+
+    def data_dir(self, node: LocalNode) -> str:
+        if self.remote_data_root:
+            return f"{self.remote_data_root.rstrip('/')}/{node.name}"
+        return str(node.data_dir)
+
+
+def reconcile(ctx: StageContext, project: Project) -> bool:
+    """deploying: deploy the actors once; the project trains once the aggregator says so (or ends)."""
+    if project.training_started_at is not None or project.rounds or project.training is not None:
+        return ctx.store.transition(project.project_id, ProjectStatus.TRAINING, now=ctx.clock())
+    aggregator = project.handle(AGGREGATOR)
+    if aggregator is None:
+        deploy_actors(ctx, project)
+        return False
+    # An aggregator that ends before it reports a start still ends the training.
+    return training.watch_aggregator(ctx, project, aggregator)
+
+
+def deploy_actors(ctx: StageContext, project: Project) -> None:
+    """The aggregator, then one learner per placed node; nothing stays deployed if one fails."""
+    if project.build is None:
+        raise StageError(STAGE, "no build is recorded for this project")
+    sla = project.sla
+    config = sla.training_configuration
+    orchestrator = ctx.orchestrator(project)
+    try:
+        nodes = place_learners(discover_nodes(ctx.settings.nodes_dir), config.data_tags, config.min_available_clients)
+    except PlacementError as error:
+        raise StageError(STAGE, str(error)) from error
+    spec = training_spec(project, project.build)
+    run_dir = ctx.run_dir(project.project_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SPEC_FILE).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    plan = ActorPlan.for_backend(orchestrator.name, project.build, ctx.settings)
+    port = free_port()
+    mqtt_env = ctx.settings.mqtt.env(same_filesystem=plan.local)
+    resources: dict[str, Any] = {
+        "memory_mb": sla.resource_constraints.memory,
+        "vcpus": sla.resource_constraints.vcpus,
+    }
+    aggregator = ServiceSpec(
+        project_id=project.project_id, name=AGGREGATOR, role=AGGREGATOR, image=plan.images.get("aggregator"),
+        command=aggregator_command(
+            spec_json=spec.model_dump_json(), repo=plan.repo_dir,
+            state_dir=str(run_dir / "aggregator") if plan.local else f"/tmp/flops-{project.project_id}",
+            host="127.0.0.1" if plan.local else "0.0.0.0", port=port, tracking_uri=ctx.settings.tracking_uri,
+            python=plan.aggregator_python, in_image=plan.in_image,
+        ),
+        env=mqtt_env, ports={"superlink": port}, **resources,
+    )  # fmt: skip
+    handles: list[ProcessHandle] = []
+    try:
+        handles.append(orchestrator.deploy(aggregator))
+        superlink = f"{handles[0].address or '127.0.0.1'}:{port}"
+        for node in nodes:
+            learner = ServiceSpec(
+                project_id=project.project_id, name=f"learner-{node.name}", role="learner", node=node.name,
+                image=plan.images.get("learner"),
+                command=learner_command(
+                    superlink, plan.data_dir(node), config.data_tags, node.name,
+                    python=plan.learner_python, in_image=plan.in_image,
+                ),
+                env={**mqtt_env, "FLOPS_PROJECT_ID": project.project_id},
+                read_only_mounts=plan.data_mounts(node), **resources,
+            )  # fmt: skip
+            handles.append(orchestrator.deploy(learner))
+    except Exception:
+        undeploy_quietly(orchestrator, handles)
+        raise
+    ctx.add_handles(project.project_id, handles)
+
+
+def undeploy_quietly(orchestrator: Orchestrator, handles: list[ProcessHandle]) -> None:
+    """Remove what a failed deployment started; the deployment's own error is the one to report."""
+    for handle in handles:
+        try:
+            orchestrator.undeploy(handle)
+        except OrchestratorError as error:
+            log.warning("undeploy %s after a failed deployment: %s", handle.name, error)

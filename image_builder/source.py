@@ -1,0 +1,140 @@
+"""The source stage every target shares: fetch, check, read dependencies.
+
+`fetch_source` runs three timed stages and returns a `Source`:
+
+- fetch: check out the ref into the shared checkout cache (`<cache>/repos/<checkout_key>`,
+  under a file lock, so a concurrent build of another ref cannot mix in), refuse a tree
+  larger than the limit or with a symlink leaving it, and copy the tree to the build's
+  private folder;
+- validate: the ML-repository contract (`flops.ml_repo.contract`) on the private copy;
+- dependencies: the one dependency file, fitted to the platform.
+
+A refusal found while copying is reported at `validate`, as the contract is. The local and
+OCI targets build from `Source.repo`; `--check-only` stops here.
+"""
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from flops.build import BuildResult
+from flops.ml_repo.contract import validate_repository
+from flops.ml_repo.source import checkout_key, fetch_repository
+from image_builder.dependencies import Dependencies, read_dependencies
+from image_builder.files import copy_repository, file_lock, remove_tree, walk_repository
+from image_builder.stages import Stages, progress
+
+STALE_WORK_S = 24 * 3600
+
+
+class RepositoryRefused(ValueError):
+    """The repository is too large or links outside itself."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build, whatever the target: the repository, its ref and the builder's cache."""
+
+    project_id: str
+    repo_url: str
+    ref: str | None
+    cache: Path  # absolute
+    max_repo_bytes: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """One fetched and checked repository, copied to a private folder of this build."""
+
+    url: str  # as fetched: a local path resolved, a URL as given
+    commit: str  # "" for a local folder without git
+    checkout: Path  # the shared checkout the copy was taken from
+    repo: Path  # this build's private copy
+    size: int  # bytes of regular files
+    dependencies: Dependencies
+
+
+def check_tree(repo: Path, max_bytes: int) -> int:
+    """Refuse a repository larger than `max_bytes` or with a symlink leaving it; its size."""
+    root = repo.resolve()
+    total = 0
+    for path in walk_repository(repo):
+        relative = path.relative_to(repo).as_posix()
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=False)
+            except (RuntimeError, OSError) as error:
+                raise RepositoryRefused(f"symlink {relative} cannot be resolved: {error}") from error
+            if not target.is_relative_to(root):
+                raise RepositoryRefused(f"symlink {relative} points outside the repository (to {os.readlink(path)})")
+            continue
+        if path.is_file():
+            total += path.stat().st_size
+            if total > max_bytes:
+                raise RepositoryRefused(
+                    f"repository is larger than the limit of {max_bytes / 2**20:g} MB (--max-repo-mb)"
+                )
+    return total
+
+
+def fetch_source(repo_url: str, ref: str | None, cache: Path, dest: Path, max_bytes: int, stages: Stages) -> Source:
+    """Fetch `repo_url` at `ref`, check it and copy it to `dest` (absent); its dependencies."""
+    refusal: RepositoryRefused | None = None
+    size = 0
+    with stages.timed("fetch"):
+        # Held only while copying this build's tree out of the shared checkout.
+        with file_lock(cache / "repos" / ".locks" / f"{checkout_key(repo_url)}.lock"):
+            fetched = fetch_repository(repo_url, ref, cache / "repos")
+            try:
+                size = check_tree(fetched.path, max_bytes)
+                copy_repository(fetched.path, dest)
+            except RepositoryRefused as error:
+                refusal = error
+        progress(f"fetched {fetched.url}" + (f" at {fetched.commit}" if fetched.commit else " (no git)"))
+    with stages.timed("validate"):
+        if refusal is not None:
+            raise refusal
+        validate_repository(dest)
+        progress(f"repository keeps the contract ({size / 2**20:.1f} MB)")
+    with stages.timed("dependencies"):
+        deps = read_dependencies(dest)
+        progress(f"dependencies from {deps.source.name}: {', '.join(deps.requirements) or 'none'}")
+        for warning in deps.warnings:
+            progress(f"warning: {warning}")
+    return Source(
+        url=fetched.url, commit=fetched.commit, checkout=fetched.path, repo=dest, size=size, dependencies=deps
+    )
+
+
+@contextmanager
+def private_source(request: BuildRequest, stages: Stages) -> Iterator[Source]:
+    """The checked source in a private work folder of this build, removed afterwards."""
+    work = Path(tempfile.mkdtemp(dir=_work_dir(request.cache), prefix="build-"))
+    try:
+        yield fetch_source(request.repo_url, request.ref, request.cache, work / "repo", request.max_repo_bytes, stages)
+    finally:
+        remove_tree(work)
+
+
+def _work_dir(cache: Path) -> Path:
+    """Scratch space for builds; leftovers of crashed builders are removed."""
+    work = cache / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("build-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_WORK_S:
+                remove_tree(stale)
+        except OSError:
+            continue
+    return work
+
+
+class Target(Protocol):
+    """A build target: turns a checked `Source` into a `BuildResult`, timing its own stages."""
+
+    def build(self, source: Source) -> BuildResult: ...
