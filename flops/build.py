@@ -55,3 +55,10 @@ class BuildOutcome(BaseModel):
 
     result: BuildResult | None = None
     failure: BuildFailure | None = None
+
+
+class InferenceBuildOutcome(BaseModel):
+    """The inference-image builder's result file: the pushed image, or why there is none."""
+
+    image: str | None = None
+    error: str | None = None

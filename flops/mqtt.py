@@ -7,7 +7,6 @@ No defaults for credentials: an unauthenticated broker is only for loopback.
 `main()` and passes the settings down.
 """
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -112,13 +111,8 @@ class EventPublisher:
         self._client.disconnect()
 
 
-def publish_once(event: Event, settings: MqttSettings | None = None) -> bool:
-    """Publish one event if a broker is configured; whether it was published.
-
-    Give the service's `settings`; without them the process environment is read here (for
-    one-shot actors that publish a single event).
-    """
-    settings = settings or MqttSettings.from_env(os.environ)
+def publish_once(event: Event, settings: MqttSettings | None) -> bool:
+    """Publish one event with the service's broker `settings`; None (no broker): nothing, False."""
     if settings is None:
         return False
     publisher = EventPublisher(settings)

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from flops.training import ModelFlavor, StrategyConfig
+from flops.training import ModelFlavor, StrategyConfig, check_client_minimums
 
 Platform = Literal["linux/amd64", "linux/arm64"]
 
@@ -71,11 +71,7 @@ class TrainingConfiguration(Strict):
 
     @model_validator(mode="after")
     def _minimums_fit(self) -> "TrainingConfiguration":
-        for field in ("min_fit_clients", "min_evaluate_clients"):
-            if getattr(self, field) > self.min_available_clients:
-                raise ValueError(
-                    f"{field} ({getattr(self, field)}) exceeds min_available_clients ({self.min_available_clients})"
-                )
+        check_client_minimums(self)
         if self.mode is TrainingMode.HIERARCHICAL:
             raise ValueError("hierarchical mode is not available yet: use mode 'classic'")
         return self

@@ -64,13 +64,18 @@ class TrainingSpec(BaseModel):
 
     @model_validator(mode="after")
     def _client_minimums_fit(self) -> "TrainingSpec":
-        for field in ("min_fit_clients", "min_evaluate_clients"):
-            if getattr(self, field) > self.min_available_clients:
-                raise ValueError(
-                    f"{field} ({getattr(self, field)}) exceeds min_available_clients "
-                    f"({self.min_available_clients}): raise min_available_clients or lower {field}"
-                )
+        check_client_minimums(self)
         return self
+
+
+def check_client_minimums(config: Any) -> None:
+    """Refuse `min_fit_clients` or `min_evaluate_clients` above `min_available_clients` (SLA and spec alike)."""
+    for field in ("min_fit_clients", "min_evaluate_clients"):
+        if getattr(config, field) > config.min_available_clients:
+            raise ValueError(
+                f"{field} ({getattr(config, field)}) exceeds min_available_clients "
+                f"({config.min_available_clients}): raise min_available_clients or lower {field}"
+            )
 
 
 class RoundReport(BaseModel):

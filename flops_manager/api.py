@@ -34,7 +34,7 @@ from flops_manager.controller import Controller
 from flops_manager.models import Project, ProjectStatus
 from flops_manager.nodes import PlacementError, discover_nodes, place_learners
 from flops_manager.openapi import openapi_document
-from flops_manager.orchestration import ENABLE_HINTS
+from flops_manager.orchestration import ENABLE_HINTS, OrchestratorError
 from flops_manager.settings import ManagerSettings
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -227,12 +227,19 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     def project_logs(project_id: str) -> Response:
         project = visible_project(project_id)
         component = request.args.get("component")
-        tail = min(int(request.args.get("tail", "200")), 5000)
+        try:
+            tail = min(int(request.args.get("tail", "200")), 5000)
+        except ValueError as error:
+            raise ApiError(400, "tail must be a whole number of lines", {"field": "tail"}) from error
         names = [component] if component else controller.components(project)
         unknown = [n for n in names if n not in controller.components(project)]
         if unknown:
             raise ApiError(404, f"no component {unknown[0]}", {"components": controller.components(project)})
-        return jsonify({name: controller.service_logs(project, name, tail) for name in names})
+        try:
+            return jsonify({name: controller.service_logs(project, name, tail) for name in names})
+        except OrchestratorError as error:
+            status = 503 if error.transient else 502
+            raise ApiError(status, f"the {project.sla.backend.value} backend could not give the logs: {error}") from error
 
     @app.delete("/api/flops/projects/<project_id>")
     @authenticated

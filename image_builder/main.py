@@ -35,10 +35,12 @@ from image_builder.source import BuildRequest, Target, private_source
 from image_builder.stages import Stages, describe_error, progress
 
 
-def publish(project_id: str, event: EventName, payload: BaseModel, error: str | None = None) -> None:
+def publish(
+    settings: BuilderSettings, project_id: str, event: EventName, payload: BaseModel, error: str | None = None
+) -> None:
     """Publish a builder event when a broker is configured; a broker problem only warns."""
     try:
-        publish_once(make_event(project_id, Component.BUILDER, event, payload, error=error))
+        publish_once(make_event(project_id, Component.BUILDER, event, payload, error=error), settings.mqtt)
     except Exception as failure:
         progress(f"warning: could not publish builder/{event}: {describe_error(failure)}")
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"project {args.project_id}: {verb} {args.repo_url}" + (f" at {args.ref}" if args.ref else ""))
     events = not args.check_only
     if events:
-        publish(args.project_id, EventName.STARTED, BuilderStarted(repo_url=args.repo_url, ref=args.ref))
+        publish(settings, args.project_id, EventName.STARTED, BuilderStarted(repo_url=args.repo_url, ref=args.ref))
     stages = Stages()
     try:
         with private_source(request, stages) as source:
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.result_file:
             write_outcome(args.result_file, BuildOutcome(failure=failed.failure()))
         if events:
-            publish(args.project_id, EventName.FAILED, BuilderFailed(stage=failed.stage), error=failed.message)
+            publish(
+                settings, args.project_id, EventName.FAILED, BuilderFailed(stage=failed.stage), error=failed.message
+            )
         return 1
     if args.result_file:
         write_outcome(args.result_file, BuildOutcome(result=result))
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         made = f"learner {result.learner_python}, aggregator {result.aggregator_python}"
     progress(f"{'reused' if result.reused else 'built'} {result.build_key} in {elapsed:.1f} s: {made}")
-    publish(args.project_id, EventName.SUCCEEDED, result)
+    publish(settings, args.project_id, EventName.SUCCEEDED, result)
     return 0
 
 

@@ -3,6 +3,7 @@
     FLOPS_BUILDAH_STORAGE_DRIVER   buildah/podman storage driver (default: storage.conf's)
     FLOPS_BUILDER_INSTALLER        "pip" forces pip where the builder's uv would be used
     PIP_* and pip.conf files       the package index the builds install from
+    FLOPS_MQTT_*                   the broker builder events go to (none: no events)
 
 Library code receives a `BuilderSettings` and never looks at `os.environ` itself (the
 environment of child processes aside).
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flops.mqtt import MqttSettings
 from image_builder.environments import IndexSettings, pip_config_files
 
 STORAGE_DRIVER_ENV = "FLOPS_BUILDAH_STORAGE_DRIVER"
@@ -29,6 +31,7 @@ class BuilderSettings:
     force_pip: bool = False
     index: IndexSettings = field(default_factory=IndexSettings)
     pip_cert: str | None = None  # the CA bundle pip is configured with (PIP_CERT or pip.conf `cert`)
+    mqtt: MqttSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "BuilderSettings":
@@ -38,6 +41,7 @@ class BuilderSettings:
             force_pip=environ.get(INSTALLER_ENV) == "pip",
             index=IndexSettings.from_pip(environ),
             pip_cert=environ.get("PIP_CERT") or _pip_cert_from_config(environ),
+            mqtt=MqttSettings.from_env(environ),
         )
 
     def host_pip_options(self) -> dict[str, Any]:

@@ -213,6 +213,8 @@ def test_unknown_project_component_and_filter(api: Api, digits_repo: Path) -> No
     assert api.call("GET", "/api/flops/projects?status=completed").get_json() == []
     logs = api.call("GET", f"/api/flops/projects/{project_id}/logs?component=aggregator")
     assert logs.status_code == 404 and logs.get_json()["details"] == {"components": []}
+    bad_tail = api.call("GET", f"/api/flops/projects/{project_id}/logs?tail=many")
+    assert bad_tail.status_code == 400 and bad_tail.get_json()["details"] == {"field": "tail"}
     assert api.call("DELETE", "/api/flops/database").status_code == 409  # projects still active
     cancelled = api.call("DELETE", f"/api/flops/projects/{project_id}")
     assert cancelled.status_code == 202 and api.store.get(project_id).desired == "cancelled"  # type: ignore[union-attr]

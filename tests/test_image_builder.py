@@ -130,7 +130,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Builder events, captured instead of published."""
     published: list[Any] = []
 
-    def capture(event: Any) -> bool:
+    def capture(event: Any, _settings: Any = None) -> bool:
         published.append(event)
         return True
 

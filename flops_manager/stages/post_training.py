@@ -7,10 +7,10 @@ is built, and a model server runs `mlflow models serve` from the build's environ
 
 import sys
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from flops.actors import inference_builder_command, model_server_command
-from flops.build import IMAGE_MODEL_DIR
+from flops.build import IMAGE_MODEL_DIR, InferenceBuildOutcome
 from flops.net import free_port, http_ok
 from flops.sla import PostTrainingStep
 from flops_manager.models import Project, ProjectStatus, default_model_name
@@ -25,13 +25,6 @@ INFERENCE = teardown.INFERENCE
 INFERENCE_BUILDER = "inference-builder"
 INFERENCE_RESULT_FILE = "inference-build.json"
 INFERENCE_START_TIMEOUT_S = 180.0
-
-
-class InferenceBuildOutcome(BaseModel):
-    """The inference-image builder's result file: the pushed image, or why there is none."""
-
-    image: str | None = None
-    error: str | None = None
 
 
 def reconcile(ctx: StageContext, project: Project) -> bool:

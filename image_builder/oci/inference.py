@@ -25,6 +25,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from flops.build import InferenceBuildOutcome
 from image_builder import containerfiles
 from image_builder.environments import Log
 from image_builder.files import remove_tree, write_json_atomic
@@ -201,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         message = describe_error(error)
         print(f"inference image: {message}", file=sys.stderr)
         if args.result_file:
-            write_json_atomic(args.result_file, {"error": message})
+            write_json_atomic(args.result_file, InferenceBuildOutcome(error=message).model_dump(exclude_none=True))
         return 1
     if args.result_file:
-        write_json_atomic(args.result_file, {"image": ref})
+        write_json_atomic(args.result_file, InferenceBuildOutcome(image=ref).model_dump(exclude_none=True))
     print(ref)
     return 0
