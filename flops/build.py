@@ -44,10 +44,15 @@ class BuildResult(BaseModel):
 
 
 class BuildFailure(BaseModel):
-    """A build that stopped: the stage it stopped in and the whole reason (git's, the checker's)."""
+    """A build that stopped: the stage it stopped in and the whole reason (git's, the checker's).
+
+    `transient`: the build stopped because something it needs was away for now (the registry
+    unreachable, answering 5xx, or too slow); the manager runs the builder again with backoff.
+    """
 
     stage: str
     error: str
+    transient: bool = False
 
 
 class BuildOutcome(BaseModel):

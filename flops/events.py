@@ -46,9 +46,13 @@ class BuilderStarted(BaseModel):
 
 
 class BuilderFailed(BaseModel):
-    """builder/failed: the stage that failed; the envelope's `error` holds the whole reason."""
+    """builder/failed: the stage that failed; the envelope's `error` holds the whole reason.
+
+    `transient` as in `flops.build.BuildFailure`: worth building again later.
+    """
 
     stage: str
+    transient: bool = False
 
 
 class AggregatorStarted(BaseModel):

@@ -239,7 +239,9 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             return jsonify({name: controller.service_logs(project, name, tail) for name in names})
         except OrchestratorError as error:
             status = 503 if error.transient else 502
-            raise ApiError(status, f"the {project.sla.backend.value} backend could not give the logs: {error}") from error
+            raise ApiError(
+                status, f"the {project.sla.backend.value} backend could not give the logs: {error}"
+            ) from error
 
     @app.delete("/api/flops/projects/<project_id>")
     @authenticated

@@ -224,7 +224,10 @@ def facts(project: Project, event: Event, payload: Any) -> dict[str, Any]:
         if key == (Component.BUILDER, EventName.SUCCEEDED) and isinstance(payload, BuildResult):
             return build.result_changes(payload)
         if key == (Component.BUILDER, EventName.FAILED) and isinstance(payload, BuilderFailed):
-            return build.failure_changes(BuildFailure(stage=payload.stage, error=event.error or "the build failed"))
+            failure = BuildFailure(
+                stage=payload.stage, error=event.error or "the build failed", transient=payload.transient
+            )
+            return build.failure_changes(failure)
     if status in training.TRAINING_STATUSES and project.training is None:
         if key == (Component.AGGREGATOR, EventName.STARTED) and project.training_started_at is None:
             return {"training_started_at": event.time}

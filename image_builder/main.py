@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             write_outcome(args.result_file, BuildOutcome(failure=failed.failure()))
         if events:
             publish(
-                settings, args.project_id, EventName.FAILED, BuilderFailed(stage=failed.stage), error=failed.message
+                settings,
+                args.project_id,
+                EventName.FAILED,
+                BuilderFailed(stage=failed.stage, transient=failed.transient),
+                error=failed.message,
             )
         return 1
     if args.result_file:

@@ -7,6 +7,7 @@ for a fetch, every contract problem for a repository that breaks the contract. N
 cut short: the manager shows the message to the user as it is.
 """
 
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,15 +19,21 @@ CONTRACT_DOCS = "docs/ml-repository.md"
 
 
 class StageFailed(Exception):
-    """A build stage failed; `message` is the whole reason on one line."""
+    """A build stage failed; `message` is the whole reason on one line, `transient` if retrying may help."""
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
         self.message = message
+        self.transient = transient
 
     def failure(self) -> BuildFailure:
-        return BuildFailure(stage=self.stage, error=self.message)
+        return BuildFailure(stage=self.stage, error=self.message, transient=self.transient)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` says something the build needs is away for now (see `RegistryUnavailable`)."""
+    return bool(getattr(error, "transient", False)) or isinstance(error, TimeoutError | subprocess.TimeoutExpired)
 
 
 def progress(message: str) -> None:
@@ -68,11 +75,13 @@ class Stages:
         except StageFailed:
             raise
         except Exception as error:
-            raise StageFailed(stage, describe_error(error)) from error
+            raise StageFailed(stage, describe_error(error), is_transient(error)) from error
         finally:
             self.durations[stage] = round(time.monotonic() - started, 3)
         progress(f"{stage}: done in {self.durations[stage]:.1f} s")
 
     def failed(self, error: BaseException) -> StageFailed:
         """`error` as the failure of the stage it happened in."""
-        return error if isinstance(error, StageFailed) else StageFailed(self.current, describe_error(error))
+        if isinstance(error, StageFailed):
+            return error
+        return StageFailed(self.current, describe_error(error), is_transient(error))

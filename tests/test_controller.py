@@ -525,6 +525,27 @@ def test_a_transient_error_is_retried_with_backoff_shown_in_the_project(world: W
     assert len(world.backend.deployed("builder")) == 1
 
 
+def test_a_build_that_found_the_registry_away_is_built_again_after_backoff(world: World) -> None:
+    project_id = world.to_building()
+    away = BuildFailure(stage="push", error="cannot reach the registry 127.0.0.1:1: connection refused", transient=True)
+    world.write_outcome(project_id, BuildOutcome(failure=away))
+    world.backend.finish("builder", exit_code=1)
+    project = world.reconcile(project_id)
+    assert project.status is ProjectStatus.BUILDING and project.build_failure is None
+    assert project.retry is not None and (project.retry.stage, project.retry.reason) == ("building", away.error)
+    assert project.handle("builder") is None and len(world.backend.deployed("builder")) == 1
+    world.clock.advance(1)
+    project = world.reconcile(project_id)
+    assert project.retry is None and len(world.backend.deployed("builder")) == 2  # a new builder, same project
+    world.send(make_event(project_id, Component.BUILDER, EventName.FAILED, BuilderFailed(stage="push", transient=True),
+                          error=away.error))  # fmt: skip
+    assert world.reconcile(project_id).retry is not None  # the event says so as well as the file
+    world.clock.advance(2)
+    world.reconcile(project_id)
+    world.send(builder_succeeded(project_id))
+    assert world.reconcile(project_id).status is ProjectStatus.DEPLOYING
+
+
 def test_a_transient_error_while_watching_training_is_retried(world: World) -> None:
     project_id = world.to_training()
     world.backend.errors["status"] = [requests.ConnectionError("connection refused")]

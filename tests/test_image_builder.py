@@ -553,3 +553,47 @@ def test_second_build_of_the_same_commit_is_reused_quickly(digits_build: dict[st
     assert result.build_key == digits_build["results"][0]["build_key"]
     assert set(result.stage_durations) == {"fetch", "validate", "dependencies", "plan"}
     assert elapsed < 5, elapsed
+
+
+# --- registry failures: away for now or refused -------------------------------------------
+
+
+@pytest.fixture
+def refusing_registry() -> Any:
+    """A registry that answers every call 403 (it is there, and says no)."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_registry_that_is_away_fails_the_build_for_now_and_one_that_refuses_for_good(refusing_registry: str) -> None:
+    from image_builder.oci.errors import OciBuildError, RegistryUnavailable
+    from image_builder.oci.registry import registry_has
+
+    with pytest.raises(RegistryUnavailable, match="connection refused") as away:
+        registry_has(f"127.0.0.1:{free_port()}/acme/digits/learner:abc", tls_verify=False, timeout=20)
+    assert Stages().failed(away.value).failure().transient
+
+    with pytest.raises(OciBuildError) as refused:
+        registry_has(f"{refusing_registry}/acme/digits/learner:abc", tls_verify=False, timeout=20)
+    assert not isinstance(refused.value, RegistryUnavailable) and "403" in str(refused.value)
+    assert not Stages().failed(refused.value).failure().transient

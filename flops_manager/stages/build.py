@@ -15,7 +15,7 @@ from flops.sla import Backend
 from flops_manager.models import Project, ProjectStatus, default_model_name
 from flops_manager.orchestration.base import ServiceSpec
 from flops_manager.stages.context import StageContext
-from flops_manager.stages.errors import StageError
+from flops_manager.stages.errors import StageError, TransientStageError
 
 STAGE = "building"
 BUILDER = "builder"
@@ -43,8 +43,14 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     if project.build is not None:
         ctx.mark_inactive(project.project_id, [BUILDER])
         return ctx.store.transition(project.project_id, ProjectStatus.DEPLOYING, now=ctx.clock())
-    if project.build_failure is not None:
-        raise StageError(STAGE, project.build_failure.error)
+    failure = project.build_failure
+    if failure is not None and failure.transient:
+        # Forget this attempt; after the controller's backoff the next reconcile starts a new builder.
+        ctx.mark_inactive(project.project_id, [BUILDER])
+        ctx.store.update(project.project_id, {"build_failure": None})
+        raise TransientStageError(STAGE, failure.error)
+    if failure is not None:
+        raise StageError(STAGE, failure.error)
     handle = project.handle(BUILDER)
     if handle is None:
         start(ctx, project)

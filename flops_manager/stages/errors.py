@@ -16,8 +16,18 @@ class StageError(Exception):
         self.message = message
 
 
+class TransientStageError(Exception):
+    """The stage failed for now (e.g. the build found the registry away): retried with backoff, like a backend's."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether trying again later may help: a backend or the store unreachable, a timeout, a 5xx answer."""
+    if isinstance(error, TransientStageError):
+        return True
     if isinstance(error, OrchestratorError):
         return error.transient
     if isinstance(error, (TimeoutError, ConnectionError, requests.Timeout, requests.ConnectionError)):

@@ -20,7 +20,7 @@ from image_builder.environments import Log, summarize
 from image_builder.oci.errors import OciBuildError
 from image_builder.oci.mounts import build_settings
 from image_builder.oci.options import OciOptions
-from image_builder.oci.registry import auth_for
+from image_builder.oci.registry import auth_for, registry_error
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,10 @@ class BuildahEngine:
 
     def push(self, manifest: str, ref: str) -> None:
         cmd = self._cmd("manifest", "push", "--all", "--quiet", *self._registry_flags(), manifest, f"docker://{ref}")
-        run_all(cmd, self.log, f"pushing {ref}")
+        try:
+            run_all(cmd, self.log, f"pushing {ref}")
+        except OciBuildError as error:
+            raise registry_error(str(error)) from error
 
     def remove_manifest(self, manifest: str) -> None:
         subprocess.run(self._cmd("manifest", "rm", manifest), capture_output=True, check=False, env=_env())
@@ -145,9 +148,9 @@ class DockerEngine:
             for chunk in self.client.images.push(repository, tag, stream=True, decode=True, auth_config=auth_for(
                 ref, self.options.registry_auth_file)):  # fmt: skip
                 if "error" in chunk:
-                    raise OciBuildError(f"pushing {ref} failed: {chunk['error']}")
+                    raise registry_error(f"pushing {ref} failed: {chunk['error']}")
         except docker.errors.APIError as error:
-            raise OciBuildError(f"pushing {ref} failed: {error}") from error
+            raise registry_error(f"pushing {ref} failed: {error}") from error
 
     def remove_manifest(self, manifest: str) -> None:
         import docker.errors

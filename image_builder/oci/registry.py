@@ -13,7 +13,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from image_builder.oci.errors import OciBuildError
+from image_builder.oci.errors import OciBuildError, RegistryUnavailable
+
+# What skopeo, buildah and podman say when a registry is away for now, not when it refuses.
+UNREACHABLE = re.compile(
+    r"connection refused|no such host|i/o timeout|timeout exceeded|deadline exceeded|TLS handshake timeout|"
+    r"\b50[234]\b|service unavailable|bad gateway",
+    re.IGNORECASE,
+)
+
+
+def registry_error(message: str) -> OciBuildError:
+    """The error for a registry call that failed with `message`: `RegistryUnavailable` if it was away."""
+    return (RegistryUnavailable if UNREACHABLE.search(message) else OciBuildError)(message)
 
 
 def auth_for(ref: str, auth_file: Path | None) -> dict[str, str] | None:
@@ -43,7 +55,7 @@ def registry_has(ref: str, tls_verify: bool = True, auth_file: Path | None = Non
             return True
         if re.search(r"manifest unknown|not found|name unknown|404", result.stderr, re.IGNORECASE):
             return False
-        raise OciBuildError(f"cannot ask the registry about {ref}: {' '.join(result.stderr.split())[-300:]}")
+        raise registry_error(f"cannot ask the registry about {ref}: {' '.join(result.stderr.split())}")
     return _registry_has_http(ref, tls_verify, auth_file, timeout)
 
 
@@ -68,6 +80,8 @@ def _registry_has_http(ref: str, tls_verify: bool, auth_file: Path | None, timeo
             response = requests.head(url, headers={"Accept": accept}, auth=basic, verify=tls_verify, timeout=timeout)
         except requests.exceptions.SSLError:
             continue
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise RegistryUnavailable(f"cannot reach the registry {host}: {error}") from error
         except requests.RequestException as error:
             raise OciBuildError(f"cannot reach the registry {host}: {error}") from error
         if response.status_code == 401 and "bearer" in response.headers.get("WWW-Authenticate", "").lower():
@@ -79,8 +93,9 @@ def _registry_has_http(ref: str, tls_verify: bool, auth_file: Path | None, timeo
             return True
         if response.status_code == 404:
             return False
-        raise OciBuildError(f"registry {host} answered {response.status_code} for {name}:{tag}")
-    raise OciBuildError(f"cannot reach the registry {host}")
+        kind = RegistryUnavailable if response.status_code >= 500 else OciBuildError
+        raise kind(f"registry {host} answered {response.status_code} for {name}:{tag}")
+    raise OciBuildError(f"cannot reach the registry {host} over TLS (set FLOPS_REGISTRY_TLS_VERIFY=0 for plain HTTP)")
 
 
 def _bearer_token(challenge: str, basic: tuple[str, str] | None, tls_verify: bool, timeout: float) -> str:
