@@ -167,7 +167,7 @@ class EmbeddedStack:
         offline_env()
         started = time.monotonic()
         try:
-            self.state = stack.up()
+            self.state = stack.up(stack.StackSettings.from_env(os.environ))
         except BaseException:
             stack.down()
             self._restore()

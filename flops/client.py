@@ -26,9 +26,9 @@ class ManagerError(RuntimeError):
         self.details = details
 
 
-def admin_token_file(env: Mapping[str, str] | None = None) -> Path:
-    """Where the embedded stack's manager reveals the admin token it generated."""
-    return flops_home(env) / "manager" / "admin-token"
+def admin_token_file(home: Path) -> Path:
+    """Where the embedded stack's manager (FLOPS_HOME `home`) reveals the admin token it generated."""
+    return home / "manager" / "admin-token"
 
 
 def default_token(env: Mapping[str, str]) -> str | None:
@@ -36,7 +36,7 @@ def default_token(env: Mapping[str, str]) -> str | None:
     if env.get("FLOPS_TOKEN"):
         return env["FLOPS_TOKEN"]
     token_file = env.get("FLOPS_TOKEN_FILE")
-    path = Path(token_file) if token_file else admin_token_file(env)
+    path = Path(token_file) if token_file else admin_token_file(flops_home(env))
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 

@@ -1,15 +1,18 @@
 """The embedded stack behind `flops up`: broker, observatory and manager as background services.
 
 Each runs in its own process group with its log under `FLOPS_HOME/stack/`; a state file
-records what was started so `flops status` and `flops down` find it again.
+records what was started so `flops status` and `flops down` find it again. What `up` needs
+from the environment comes in one `StackSettings`, read by the CLI command.
 """
 
 import json
-import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from flops.actors import manager_command
 from flops.broker import MQTT_USER, start_broker
@@ -24,22 +27,48 @@ OBSERVATORY_PORT = 7027
 BROKER_PORT = 9027
 
 
-def stack_dir() -> Path:
-    return flops_home() / "stack"
+class StackSettings(BaseModel):
+    """Where the stack lives and its ports; a port left None is the usual one if free, else any free one.
+
+    From FLOPS_HOME, FLOPS_MQTT_PORT, FLOPS_OBSERVATORY_PORT, FLOPS_TRACKING_URI (an observatory
+    elsewhere: none is started) and FLOPS_MANAGER_PORT.
+    """
+
+    home: Path
+    broker_port: int | None = None
+    observatory_port: int | None = None
+    tracking_uri: str | None = None
+    manager_port: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "StackSettings":
+        return cls.model_validate(
+            {
+                "home": flops_home(env),
+                "broker_port": env.get("FLOPS_MQTT_PORT") or None,
+                "observatory_port": env.get("FLOPS_OBSERVATORY_PORT") or None,
+                "tracking_uri": env.get("FLOPS_TRACKING_URI") or None,
+                "manager_port": env.get("FLOPS_MANAGER_PORT") or None,
+            }
+        )
 
 
-def state_file() -> Path:
-    return stack_dir() / "state.json"
+def stack_dir(home: Path | None = None) -> Path:
+    return (home or flops_home()) / "stack"
 
 
-def read_state() -> dict[str, Any]:
-    path = state_file()
+def state_file(home: Path | None = None) -> Path:
+    return stack_dir(home) / "state.json"
+
+
+def read_state(home: Path | None = None) -> dict[str, Any]:
+    path = state_file(home)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _port(env: str, preferred: int) -> int:
-    if os.environ.get(env):
-        return int(os.environ[env])
+def _port(configured: int | None, preferred: int) -> int:
+    if configured:
+        return configured
     return preferred if _free(preferred) else free_port()
 
 
@@ -50,28 +79,27 @@ def _free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def running_services() -> dict[str, bool]:
-    state = read_state()
+def running_services(home: Path | None = None) -> dict[str, bool]:
+    state = read_state(home)
     return {
         name: bool(info.get("pid")) and group_alive(int(info["pid"]))
         for name, info in state.get("services", {}).items()
     }
 
 
-def up() -> dict[str, Any]:
+def up(settings: StackSettings) -> dict[str, Any]:
     """Start whatever of the stack is not running; the state with URLs."""
-    state = read_state()
-    if state and all(running_services().values()) and ManagerClient(state["manager_url"]).health():
+    home = settings.home
+    state = read_state(home)
+    if state and all(running_services(home).values()) and ManagerClient(state["manager_url"]).health():
         return state
-    down()
-    directory = stack_dir()
+    down(home)
+    directory = stack_dir(home)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    broker_port = _port("FLOPS_MQTT_PORT", BROKER_PORT)
+    broker_port = _port(settings.broker_port, BROKER_PORT)
     broker, password_file = start_broker(directory / "broker", broker_port)
     services: dict[str, Any] = {"broker": {"pid": broker.pid, "port": broker_port, "log": str(broker.log_path)}}
-    tracking = (
-        os.environ.get("FLOPS_TRACKING_URI") or f"http://127.0.0.1:{_port('FLOPS_OBSERVATORY_PORT', OBSERVATORY_PORT)}"
-    )
+    tracking = settings.tracking_uri or f"http://127.0.0.1:{_port(settings.observatory_port, OBSERVATORY_PORT)}"
     observatory_pid = ensure_tracking_server(tracking, directory / "observatory")
     if observatory_pid:
         services["observatory"] = {
@@ -79,9 +107,9 @@ def up() -> dict[str, Any]:
             "url": tracking,
             "log": str(directory / "observatory" / "observatory.log"),
         }
-    manager_port = _port("FLOPS_MANAGER_PORT", MANAGER_PORT)
+    manager_port = _port(settings.manager_port, MANAGER_PORT)
     env = {
-        "FLOPS_HOME": str(flops_home()),
+        "FLOPS_HOME": str(home),
         "FLOPS_MQTT_HOST": "127.0.0.1",
         "FLOPS_MQTT_PORT": str(broker_port),
         "FLOPS_MQTT_USERNAME": MQTT_USER,
@@ -96,12 +124,12 @@ def up() -> dict[str, Any]:
         "manager_url": url,
         "tracking_url": tracking,
         "mqtt": f"127.0.0.1:{broker_port}",
-        "admin_token_file": str(admin_token_file()),
+        "admin_token_file": str(admin_token_file(home)),
         "services": services,
         "started_at": time.time(),
         "python": sys.executable,
     }
-    state_file().write_text(json.dumps(state, indent=2), encoding="utf-8")
+    state_file(home).write_text(json.dumps(state, indent=2), encoding="utf-8")
     if not wait_until(lambda: http_ok(url + "/") or not manager.running(), 60, 0.3):
         raise RuntimeError(f"the manager did not answer at {url}:\n{manager.log_tail()}")
     if not manager.running():
@@ -109,14 +137,14 @@ def up() -> dict[str, Any]:
     return state
 
 
-def down() -> list[str]:
+def down(home: Path | None = None) -> list[str]:
     """Stop the stack's services; the names of those that were running."""
-    state = read_state()
+    state = read_state(home)
     stopped = []
     for name in ("manager", "observatory", "broker"):
         info = state.get("services", {}).get(name)
         if info and info.get("pid") and group_alive(int(info["pid"])):
             stop_group(int(info["pid"]), grace=10)
             stopped.append(name)
-    state_file().unlink(missing_ok=True)
+    state_file(home).unlink(missing_ok=True)
     return stopped

@@ -8,6 +8,7 @@ from types import FrameType
 
 from waitress import serve
 
+from flops.client import admin_token_file
 from flops.events import EventSchemaError, all_projects_filter, decode_event
 from flops.mqtt import EventSubscriber
 from flops_manager.api import create_app
@@ -30,7 +31,7 @@ def main() -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.mongo_uri, settings.home / "store")
     tokens = TokenService(store)
-    token_file = settings.home / "manager" / "admin-token"
+    token_file = admin_token_file(settings.home)
     token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)
     if revealed:

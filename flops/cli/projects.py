@@ -37,7 +37,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def up_command() -> None:
     """Start the embedded stack in the background: broker, observatory, manager."""
     try:
-        state = stack.up()
+        state = stack.up(stack.StackSettings.from_env(os.environ))
     except (BrokerError, TrackingServerError, RuntimeError) as error:
         raise fail(str(error)) from error
     console.print(f"manager:     {state['manager_url']}")
