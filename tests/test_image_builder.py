@@ -306,7 +306,7 @@ def test_symlink_outside_the_repository_is_refused(tmp_path: Path, events: list[
     stage, error = read_failure(result_file)
     assert stage == "validate"
     assert "data/leak" in error
-    assert [(e.event, e.payload) for e in events][-1] == ("failed", {"stage": "validate"})
+    assert [(e.event, e.payload) for e in events][-1] == ("failed", {"stage": "validate", "transient": False})
     assert events[-1].error == error
 
 
