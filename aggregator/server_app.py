@@ -64,11 +64,8 @@ def event_forwarder(project_id: str, mqtt: MqttSettings | None) -> Callable[[Pro
         elif progress.kind == "round" and progress.round is not None:
             publisher.publish(make_event(project_id, Component.AGGREGATOR, EventName.ROUND, progress.round))
         elif progress.kind == "finished":
-            finished = AggregatorFinished(
-                status=str(progress.data["status"]),
-                summary=TrainingSummary.model_validate(progress.data["summary"]),
-            )
-            completed = finished.status == "completed"
+            finished = AggregatorFinished(summary=TrainingSummary.model_validate(progress.data["summary"]))
+            completed = finished.summary.status == "completed"
             name = EventName.SUCCEEDED if completed else EventName.FAILED
             error = None if completed else progress.message
             try:

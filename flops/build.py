@@ -6,7 +6,7 @@ only these models. The image layout names where code, environment and model lie 
 the FL and inference images, for the Containerfiles and for the command lines alike.
 """
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Inside the learner and aggregator images.
 IMAGE_APP_DIR = "/app"
@@ -60,6 +60,12 @@ class BuildOutcome(BaseModel):
 
     result: BuildResult | None = None
     failure: BuildFailure | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "BuildOutcome":
+        if (self.result is None) == (self.failure is None):
+            raise ValueError("a build outcome holds exactly one of result and failure")
+        return self
 
 
 class InferenceBuildOutcome(BaseModel):

@@ -62,9 +62,8 @@ class AggregatorStarted(BaseModel):
 
 
 class AggregatorFinished(BaseModel):
-    """aggregator/succeeded and aggregator/failed: the training's summary."""
+    """aggregator/succeeded and aggregator/failed: the training's summary (its `status` says which)."""
 
-    status: str
     summary: TrainingSummary
 
 

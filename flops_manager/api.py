@@ -336,13 +336,17 @@ def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, An
                 f"the repository check exited ({child.returncode}) without a result:\n{tail}",
                 {"stage": "check"},
             )
-        outcome = BuildOutcome.model_validate_json(result_file.read_text(encoding="utf-8"))
+        try:
+            outcome = BuildOutcome.model_validate_json(result_file.read_text(encoding="utf-8"))
+        except ValidationError as error:
+            raise ApiError(
+                500, "the repository check wrote neither a result nor a failure", {"stage": "check"}
+            ) from error
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if outcome.failure is not None:
         raise ApiError(422, outcome.failure.error, {"stage": outcome.failure.stage, "field": "ml_repo_url"})
-    if outcome.result is None:
-        raise ApiError(500, "the repository check wrote neither a result nor a failure", {"stage": "check"})
+    assert outcome.result is not None  # a BuildOutcome holds exactly one
     return {
         "valid": True,
         "repo_url": sla.ml_repo_url,

@@ -216,7 +216,7 @@ def aggregator_finished(project_id: str, status: str = "completed", error: str |
         registered_model_name="digits", registered_model_version="3",
     )  # fmt: skip
     event = EventName.SUCCEEDED if status == "completed" else EventName.FAILED
-    return make_event(project_id, Component.AGGREGATOR, event, AggregatorFinished(status=status, summary=summary))
+    return make_event(project_id, Component.AGGREGATOR, event, AggregatorFinished(summary=summary))
 
 
 def failure(project: Project) -> tuple[str, str]:

@@ -102,7 +102,6 @@ def read_outcome(ctx: StageContext, project_id: str) -> BuildOutcome | None:
     if not path.is_file():
         return None
     try:
-        outcome = BuildOutcome.model_validate_json(path.read_text(encoding="utf-8"))
+        return BuildOutcome.model_validate_json(path.read_text(encoding="utf-8"))
     except (ValidationError, OSError):
         return None
-    return outcome if (outcome.result is None) != (outcome.failure is None) else None

@@ -59,7 +59,6 @@ class ActorPlan:
     """
 
     backend: str
-    local: bool
     repo_dir: str
     aggregator_python: str | None = None
     learner_python: str | None = None
@@ -71,7 +70,6 @@ class ActorPlan:
         if backend == "local":
             return cls(
                 backend=backend,
-                local=True,
                 repo_dir=build.repo_dir,
                 aggregator_python=build.aggregator_python or sys.executable,
                 learner_python=build.learner_python or sys.executable,
@@ -83,9 +81,12 @@ class ActorPlan:
             tag = build.commit[:12] or "local"
             images = {role: f"localhost/flops/{role}:{tag}" for role in ("aggregator", "learner")}
             repo_dir = build.repo_dir
-        return cls(
-            backend=backend, local=False, repo_dir=repo_dir, images=images, remote_data_root=settings.remote_data_root
-        )
+        return cls(backend=backend, repo_dir=repo_dir, images=images, remote_data_root=settings.remote_data_root)
+
+    @property
+    def local(self) -> bool:
+        """Actors are processes of this machine's environments, not an image's console scripts."""
+        return self.backend == "local"
 
     @property
     def in_image(self) -> bool:
