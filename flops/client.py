@@ -114,7 +114,7 @@ class ManagerClient:
                 "data_tag": tag,
             },
         }
-        return dict(self._request("POST", "/api/flops/mocks", json=body))
+        return dict(self._request("POST", "/api/flops/mocks", json=body)["nodes"])
 
     def create_token(self, customer_id: str) -> str:
         return str(self._request("POST", "/api/flops/tokens", json={"customer_id": customer_id})["token"])

@@ -61,6 +61,14 @@ class TrainingConfiguration(Strict):
     min_fit_clients: int = Field(default=1, ge=1)
     min_evaluate_clients: int = Field(default=1, ge=1)
 
+    @field_validator("data_tags", mode="before")
+    @classmethod
+    def _one_tag_as_a_string(cls, value: object) -> object:
+        """FLOps's own SLAs give one tag as a string (`"data_tags": "mnist"`), or several with commas."""
+        if isinstance(value, str):
+            return [tag.strip() for tag in value.split(",") if tag.strip()]
+        return value
+
     @field_validator("data_tags")
     @classmethod
     def _plain_tags(cls, tags: list[str]) -> list[str]:

@@ -40,6 +40,9 @@ from flops_manager.settings import ManagerSettings
 MAX_BODY_BYTES = 1024 * 1024
 # Containers get resource_constraints.memory as a hard limit; below this an FL actor cannot start.
 MIN_CONTAINER_MEMORY_MB = 512
+# FLOps's answers to a submission, word for word: scripts written for FLOps look for them.
+PROJECT_STARTED = "New FLOps project started successfully"
+MOCK_STARTED = "New Mock-Data-Provider started successfully"
 DRY_RUN_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +64,9 @@ class MockDataConfiguration(BaseModel):
     scheme: Scheme = Scheme.IID
     alpha: float = Field(default=0.5, gt=0)
     seed: int = 42
+    # FLOps started one mock data service per partition on request; here every partition is a
+    # node folder on this machine either way, so the flag is accepted and changes nothing.
+    one_mock_service_per_partition: bool = False
 
 
 class MockRequest(BaseModel):
@@ -146,9 +152,12 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             return jsonify(check_repository(sla, settings)), 200
         project = controller.submit(sla, customer)
         location = f"/api/flops/projects/{project.project_id}"
-        response = jsonify({"project_id": project.project_id, "status_url": location})
+        # 200 with FLOps's message: the original `oak` CLI takes anything but 200 for a failure.
+        response = jsonify(
+            {"message": PROJECT_STARTED, "project_id": project.project_id, "status_url": location}
+        )
         response.headers["Location"] = location
-        return response, 201
+        return response, 200
 
     def dry_run_requested() -> bool:
         value = request.args.get("dry_run", "").strip().lower()
@@ -272,7 +281,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
             config.scheme, config.alpha, config.seed,
         )  # fmt: skip
-        return jsonify({node: sum(counts.values()) for node, counts in histogram.items()}), 201
+        rows = {node: sum(counts.values()) for node, counts in histogram.items()}
+        return jsonify({"message": MOCK_STARTED, "data_tag": config.data_tag, "nodes": rows}), 200
 
     @app.post("/api/flops/tokens")
     @authenticated
@@ -290,6 +300,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         admin_only()
         if store.active():
             raise ApiError(409, "projects are still active: cancel them first")
+        for project in store.list():  # served models go with the projects they belong to
+            controller.stop_inference(project.project_id)
         store.delete_all()
         return jsonify({"message": "database reset"})
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -37,6 +37,18 @@ class AuthError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class IdentityUnavailable(RuntimeError):
+    """The identity provider could not be asked whether a token is valid (unreachable, 5xx, time-out)."""
+
+
+class IdentityProvider(Protocol):
+    """Who else may vouch for a bearer token: an orchestrator's own login tokens (Oakestra's)."""
+
+    def customer_for(self, token: str) -> str | None:
+        """The customer `token` belongs to, None when it is nobody's; `IdentityUnavailable` when unsure."""
+        ...
 
 
 class Principal(BaseModel):
@@ -88,8 +100,9 @@ def _write_secret(path: Path, content: str) -> None:
 class TokenService:
     """Issues and checks tokens; keeps them in the store's `tokens` collection as hashes."""
 
-    def __init__(self, store: ProjectStore) -> None:
+    def __init__(self, store: ProjectStore, external: IdentityProvider | None = None) -> None:
         self.store = store
+        self.external = external
 
     def _register(self, token: str, customer_id: str, role: Role) -> dict[str, Any]:
         record = {
@@ -172,8 +185,20 @@ class TokenService:
         # The lookup is by hash, so timing reveals nothing about the token; compare anyway so a
         # store that matched loosely can never let a different token through.
         if record is None or not hmac.compare_digest(str(record.get("token_hash", "")), digest):
-            raise AuthError(401, f"unknown or revoked token: {BEARER_HINT}")
+            return self._external_principal(token)
         role = record.get("role")
         if role not in ("admin", "customer"):
             raise AuthError(401, "token record has no valid role; ask the admin for a new token")
         return Principal(customer_id=str(record["customer_id"]), role=role)
+
+    def _external_principal(self, token: str) -> Principal:
+        """A token FLOps did not issue: a customer if the identity provider vouches for it, else 401."""
+        if self.external is None or token.startswith(TOKEN_PREFIX):
+            raise AuthError(401, f"unknown or revoked token: {BEARER_HINT}")
+        try:
+            customer = self.external.customer_for(token)
+        except IdentityUnavailable as error:
+            raise AuthError(503, f"this token can only be checked by Oakestra, which is away: {error}") from error
+        if customer is None or customer == ADMIN_CUSTOMER_ID:
+            raise AuthError(401, f"unknown or revoked token (neither FLOps's nor a valid Oakestra login): {BEARER_HINT}")
+        return Principal(customer_id=customer, role="customer")

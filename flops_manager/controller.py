@@ -51,6 +51,8 @@ STAGES: dict[ProjectStatus, tuple[str, Stage]] = {
 CANCELLING = "cancelling"
 # Steps one reconcile may take while each makes progress (every status once, and a fact each).
 MAX_STEPS = 2 * len(ProjectStatus)
+# How often a completed project's model server is checked (the loop itself runs every second).
+SERVING_CHECK_INTERVAL_S = 10.0
 
 
 class Controller:
@@ -67,6 +69,7 @@ class Controller:
         self.context = StageContext(store=store, orchestrators=orchestrators, settings=settings, clock=clock)
         self.lock = threading.RLock()  # one reconcile at a time; events never wait for it
         self.wake = threading.Event()
+        self.serving_checked_at: dict[str, float] = {}
 
     @property
     def store(self) -> ProjectStore:
@@ -155,6 +158,24 @@ class Controller:
                 self.reconcile(project.project_id)
             except Exception:  # the store itself failed: log it and go on with the next project
                 log.exception("reconciling %s failed", project.project_id)
+        self.keep_serving()
+
+    def keep_serving(self) -> None:
+        """Check completed projects' model servers, each at most every `serving_check_interval_s`."""
+        now = self.context.clock()
+        for project in self.store.list(statuses=[ProjectStatus.COMPLETED]):
+            if project.handle(post_training.INFERENCE) is None and not project.inference_url:
+                continue
+            if now - self.serving_checked_at.get(project.project_id, float("-inf")) < SERVING_CHECK_INTERVAL_S:
+                continue
+            self.serving_checked_at[project.project_id] = now
+            with self.lock:
+                try:
+                    current = self.store.get(project.project_id)
+                    if current is not None and current.status is ProjectStatus.COMPLETED:
+                        post_training.keep_serving(self.context, current)
+                except Exception as error:  # a backend away now: checked again next time
+                    log.warning("checking the model server of %s: %s", project.project_id, error)
 
     def reconcile(self, project_id: str) -> None:
         """Converge one project: run its status's stage while the stage makes progress."""

@@ -15,6 +15,7 @@ from flops_manager.api import create_app
 from flops_manager.auth import TokenService
 from flops_manager.controller import Controller
 from flops_manager.orchestration import OrchestratorError, build_orchestrators
+from flops_manager.orchestration.settings import identity_provider
 from flops_manager.settings import ManagerSettings
 from flops_manager.store import open_store
 
@@ -30,7 +31,7 @@ def main() -> None:
         raise SystemExit(f"flops-manager: {error}") from error
     settings.home.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.mongo_uri, settings.home / "store")
-    tokens = TokenService(store)
+    tokens = TokenService(store, identity_provider(settings.orchestration))
     token_file = admin_token_file(settings.home)
     token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)

@@ -20,6 +20,15 @@ ERROR = {
     "properties": {"message": {"type": "string"}, "details": {}},
     "required": ["message"],
 }
+SUBMITTED = {
+    "type": "object",
+    "properties": {
+        "message": {"type": "string", "example": "New FLOps project started successfully"},
+        "project_id": {"type": "string"},
+        "status_url": {"type": "string"},
+    },
+    "required": ["message", "project_id", "status_url"],
+}
 DRY_RUN_RESULT = {
     "type": "object",
     "properties": {
@@ -52,7 +61,7 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "start a project from an SLA (JSON or YAML), or only check it with dry_run",
                 "description": (
-                    "Validates the SLA and answers 201 at once; the builder fetches and checks the repository, "
+                    "Validates the SLA and answers 200 at once (FLOps's `message`, plus `project_id` and `status_url`); the builder fetches and checks the repository, "
                     "and a bad one fails the project at `building`. With `dry_run=1` the repository is also "
                     "fetched and checked, within the manager's time limit, and nothing is stored or deployed."
                 ),
@@ -63,9 +72,9 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProjectSLA")}}},
                 "responses": {
-                    "200": {"description": "dry run: the SLA and the repository are valid",
-                            "content": {"application/json": {"schema": DRY_RUN_RESULT}}},
-                    "201": {"description": "project accepted"},
+                    "200": {"description": "project accepted: {message, project_id, status_url}; with dry_run: the SLA "
+                                           "and the repository are valid",
+                            "content": {"application/json": {"schema": {"oneOf": [SUBMITTED, DRY_RUN_RESULT]}}}},
                     **errors,
                     "504": {"description": "dry run: the repository check ran out of time",
                             "content": {"application/json": {"schema": _ref("Error")}}},
@@ -105,7 +114,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/flops/mocks": {
             "post": {"summary": "partition a bundled data set into local node folders", "security": secured,
-                     "responses": {"201": {"description": "rows per node"}, **errors}},
+                     "responses": {"200": {"description": "{message, data_tag, nodes: rows per node}"}, **errors}},
         },
         "/api/flops/tokens": {
             "post": {"summary": "create a customer token (admin)", "security": secured,

@@ -80,7 +80,7 @@ class Manager:
         if customer:
             body["customerID"] = customer
         answer = self.call("POST", "/api/flops/mocks", json=body)
-        assert answer.status_code == 201, answer.text
+        assert answer.status_code == 200, answer.text
 
     def stop(self) -> None:
         if self.process is not None:

@@ -6,6 +6,7 @@ The dry runs start the real image builder in check-only mode, on real git reposi
 """
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from flops.mqtt import MqttSettings
 from flops_manager.api import create_app
 from flops_manager.auth import TokenService
 from flops_manager.controller import Controller
-from flops_manager.orchestration import ENABLE_HINTS
+from flops_manager.models import ProjectStatus
+from flops_manager.orchestration import ENABLE_HINTS, ServiceSpec
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.settings import ManagerSettings
 from flops_manager.store import ProjectStore, open_store
@@ -77,8 +79,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     try:
         body = {"mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"}}
         answer = instance.call("POST", "/api/flops/mocks", json=body)
-        assert answer.status_code == 201, answer.get_json()
-        assert set(answer.get_json()) == {"node-1", "node-2"}
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["message"] == "New Mock-Data-Provider started successfully"
+        assert set(answer.get_json()["nodes"]) == {"node-1", "node-2"}
         yield instance
     finally:
         store.close()
@@ -119,7 +122,7 @@ ml_model_flavor: sklearn
 training_configuration: {{data_tags: [digits], min_available_clients: 2, min_fit_clients: 2, min_evaluate_clients: 2}}
 """
     answer = api.call("POST", "/api/flops/projects", data=document, content_type="application/yaml")
-    assert answer.status_code == 201, answer.get_json()
+    assert answer.status_code == 200, answer.get_json()
     assert api.store.get(answer.get_json()["project_id"]) is not None
 
 
@@ -151,7 +154,8 @@ def test_submit_answers_at_once_and_never_fetches_the_repository(api: Api, digit
     started = time.monotonic()
     answer = api.call("POST", "/api/flops/projects/", json=sla(digits_repo, ml_repo_url=UNRESOLVABLE_URL))
     assert time.monotonic() - started < 2.0
-    assert answer.status_code == 201, answer.get_json()
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["message"] == "New FLOps project started successfully"  # FLOps's own answer
     project_id = answer.get_json()["project_id"]
     assert answer.headers["Location"] == answer.get_json()["status_url"] == f"/api/flops/projects/{project_id}"
     view = api.call("GET", f"/api/flops/projects/{project_id}").get_json()
@@ -188,7 +192,7 @@ def test_customers_see_only_their_own_projects(api: Api, digits_repo: Path) -> N
     assert api.call("POST", "/api/flops/tokens", token=bob, json={"customer_id": "eve"}).status_code == 403
     assert api.call("POST", "/api/flops/tokens", json={"customer_id": "../x"}).status_code == 422
     mine = api.call("POST", "/api/flops/projects", token=alice, json=sla(digits_repo, customerID="alice"))
-    assert mine.status_code == 201, mine.get_json()
+    assert mine.status_code == 200, mine.get_json()
     project_id = mine.get_json()["project_id"]
     for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/logs"), ("DELETE", "")):
         assert api.call(method, f"/api/flops/projects/{project_id}{path}", token=bob).status_code == 404
@@ -197,7 +201,7 @@ def test_customers_see_only_their_own_projects(api: Api, digits_repo: Path) -> N
     as_alice = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, customerID="alice"))
     assert as_alice.status_code == 403 and "bob" in as_alice.get_json()["message"]
     default_customer = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo))  # "Admin": me
-    assert default_customer.status_code == 201
+    assert default_customer.status_code == 200
     assert api.store.get(default_customer.get_json()["project_id"]).customer_id == "bob"  # type: ignore[union-attr]
     assert api.call("DELETE", "/api/flops/database", token=bob).status_code == 403
 
@@ -228,12 +232,35 @@ def test_mocks_refuse_unknown_data_sets_and_fields(api: Api) -> None:
     assert extra.status_code == 422
 
 
+def test_a_database_reset_stops_the_served_models(tmp_path: Path, digits_repo: Path) -> None:
+    instance, store = open_api(tmp_path / "home")
+    server: psutil.Process | None = None
+    try:
+        body = {"mock_data_configuration": {"dataset_name": "iris", "number_of_partitions": 2, "data_tag": "digits"}}
+        assert instance.call("POST", "/api/flops/mocks", json=body).status_code == 200
+        project_id = instance.call("POST", "/api/flops/projects", json=sla(digits_repo)).get_json()["project_id"]
+        store.transition(project_id, ProjectStatus.COMPLETED)
+        backend = LocalOrchestrator(instance.settings.runs_dir)
+        command = [sys.executable, "-c", "import time; time.sleep(120)"]
+        handle = backend.deploy(ServiceSpec(project_id=project_id, name="inference", role="inference", command=command))
+        store.update(project_id, {"deployment": [handle.model_dump(mode="json")]})
+        server = psutil.Process(int(handle.ref))
+        assert server.is_running()
+        assert instance.call("DELETE", "/api/flops/database").status_code == 200
+        server.wait(timeout=20)  # gone with its project, not left serving
+        assert store.get(project_id) is None
+    finally:
+        if server is not None and server.is_running():
+            server.kill()
+        store.close()
+
+
 def test_openapi_and_tracking(api: Api) -> None:
     document = api.call("GET", "/api/openapi.json", token=None).get_json()
     assert "ProjectSLA" in document["components"]["schemas"]
     submit = document["paths"]["/api/flops/projects"]["post"]
     assert [p["name"] for p in submit["parameters"]] == ["dry_run"]
-    assert {"200", "201", "422", "504"} <= set(submit["responses"])
+    assert {"200", "422", "504"} <= set(submit["responses"]) and "201" not in submit["responses"]
     assert api.call("GET", "/api/flops/tracking").get_json() == {"tracking_server_url": "http://127.0.0.1:7027"}
 
 

@@ -6,9 +6,11 @@ test says how each service ends; the builder's result file is written by the tes
 clock is moved by hand, so backoff needs no sleeping.
 """
 
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -397,6 +399,65 @@ def test_a_model_server_that_never_answers_fails_post_training(world: World) -> 
     stage, message = failure(world.reconcile(project_id))
     assert stage == "post_training" and "did not start" in message
     assert "inference" in world.backend.undeployed
+
+
+class PingServer:
+    """What a model server answers on `/ping`: 200, on the port the manager gave it."""
+
+    def __init__(self, port: int) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if self.path == "/ping" else 404)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_latest(world: World) -> PingServer:
+    return PingServer(world.backend.deployed("inference")[-1].ports["http"])
+
+
+def test_a_served_model_is_advertised_only_while_it_answers_and_restarted_when_gone(world: World) -> None:
+    """After `flops down` / `flops up` the model server is gone: no dead URL, and it is started again."""
+    project_id = world.to_post_training()
+    first = serve_latest(world)
+    try:
+        project = world.reconcile(project_id)
+        assert project.status is ProjectStatus.COMPLETED
+        assert project.inference_url == f"http://127.0.0.1:{first.server.server_port}/invocations"
+    finally:
+        first.close()
+    world.backend.finish("inference", exit_code=1)  # its process went with the stack
+    world.clock.advance(600)
+    world.restart()  # a manager started again on the same store
+    world.controller.keep_serving()
+    project = world.project(project_id)
+    assert project.inference_url is None  # never advertises what does not answer
+    assert len(world.backend.deployed("inference")) == 2  # started again from the registered model
+    assert any(e.event == "restarted" for e in project.events)
+    second = serve_latest(world)
+    try:
+        world.controller.keep_serving()  # checked at most every 10 s
+        assert world.project(project_id).inference_url is None
+        world.clock.advance(11)
+        world.controller.keep_serving()
+        assert world.project(project_id).inference_url == f"http://127.0.0.1:{second.server.server_port}/invocations"
+    finally:
+        second.close()
+    world.backend.finish("inference", exit_code=1)  # dies again at once: left stopped, with the reason
+    world.clock.advance(11)
+    world.controller.keep_serving()
+    project = world.project(project_id)
+    assert project.inference_url is None and len(world.backend.deployed("inference")) == 2
+    assert any(e.event == "stopped" and "last words of inference" in e.message for e in project.events)
 
 
 def test_a_backend_the_manager_has_not_enabled_fails_and_says_how_to_enable_it(world: World) -> None:

@@ -41,7 +41,7 @@ def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, 
     answer = manager.call(
         "POST", "/api/flops/projects/", json=sla(digits_repo, post_training_steps=["deploy_trained_model_image"])
     )
-    assert answer.status_code == 201, answer.text
+    assert answer.status_code == 200, answer.text
     project_id = answer.json()["project_id"]
     assert answer.json()["status_url"] == f"/api/flops/projects/{project_id}"
     project = manager.wait_for(project_id, FINAL)
@@ -115,12 +115,12 @@ def test_a_bad_repository_fails_the_project_at_building_with_the_whole_reason(ma
     """The API accepts at once (it never fetches); the builder's full reason reaches the project."""
     unresolvable = sla(tmp_path, rounds=1, ml_repo_url="https://flops-test-repository.invalid/user/model.git")
     answer = manager.call("POST", "/api/flops/projects", json=unresolvable)
-    assert answer.status_code == 201, answer.text
+    assert answer.status_code == 200, answer.text
     no_contract = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path / "no-contract")
     (no_contract / "model_manager.py").unlink()
     git(no_contract, "commit", "-qam", "drop the model manager")
     contract = manager.call("POST", "/api/flops/projects", json=sla(no_contract, rounds=1))
-    assert contract.status_code == 201, contract.text
+    assert contract.status_code == 200, contract.text
     for submitted, reason in ((answer, "Could not resolve host"), (contract, "model_manager.py")):
         project = manager.wait_for(submitted.json()["project_id"], FINAL, timeout=120)
         assert project["status"] == "failed", project

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from flops_manager.auth import IdentityProvider
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.orchestration.oakestra import OakestraOrchestrator, OakestraSettings
+from flops_manager.orchestration.oakestra.identity import OakestraIdentity
 from flops_manager.store import ProjectStore
 
 # backend name -> how to enable it on a manager that has not ("local" is always enabled).
@@ -83,3 +85,10 @@ def build_orchestrators(
     if settings.oakestra is not None:
         orchestrators["oakestra"] = OakestraOrchestrator.for_store(settings.oakestra, store)
     return orchestrators
+
+
+def identity_provider(settings: OrchestrationSettings) -> IdentityProvider | None:
+    """Who vouches for bearer tokens FLOps did not issue: Oakestra, when FLOPS_OAKESTRA_USER_TOKENS=1."""
+    if settings.oakestra is None or not settings.oakestra.accept_user_tokens:
+        return None
+    return OakestraIdentity(settings.oakestra)

@@ -56,6 +56,38 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     return False
 
 
+def keep_serving(ctx: StageContext, project: Project) -> None:
+    """A completed project's model server: advertised only while it answers, started again when it stopped.
+
+    After `flops down` / `flops up` (or a crash) the server's process is gone: the project stops
+    advertising its URL and the manager starts the server again from the registered model. A
+    server that stops again within its start time-out is left stopped, with the reason noted.
+    A project whose server the user removed (or that never had one) advertises no URL.
+    """
+    server = project.handle(INFERENCE)
+    if server is None:
+        if project.inference_url:
+            ctx.store.update(project.project_id, {"inference_url": None})
+        return
+    orchestrator = ctx.orchestrators.get(server.backend)
+    if orchestrator is None:
+        return
+    state = orchestrator.status(server)
+    if not state.finished:
+        if not project.inference_url and server.address and http_ok(f"{server.address}/ping"):
+            ctx.store.update(project.project_id, {"inference_url": f"{server.address}/invocations"})
+        return
+    ctx.mark_inactive(project.project_id, [INFERENCE])
+    ctx.store.update(project.project_id, {"inference_url": None})
+    if ctx.clock() - server.started_at < INFERENCE_START_TIMEOUT_S:
+        tail = orchestrator.logs(server, tail=15)
+        ctx.note(project.project_id, INFERENCE, "stopped", f"the model server stopped ({state.detail}):\n{tail}")
+        return
+    ctx.note(project.project_id, INFERENCE, "restarted",
+             f"the model server had stopped ({state.detail or state.status.value}): started again")  # fmt: skip
+    deploy_model_server(ctx, project)
+
+
 def registered_model_uri(project: Project) -> str:
     return f"models:/{project.model_name}/{project.model_version}"
 
@@ -125,4 +157,5 @@ def deploy_model_server(ctx: StageContext, project: Project) -> None:
     )  # fmt: skip
     handle = orchestrator.deploy(spec)
     handle.address = f"http://127.0.0.1:{port}"
+    handle.started_at = ctx.clock()  # the start time-out is measured on the stage's clock
     ctx.add_handles(project.project_id, [handle])

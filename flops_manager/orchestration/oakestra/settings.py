@@ -47,6 +47,8 @@ class OakestraSettings(BaseModel):
     # Assumed access token lifetime when the token does not carry an `exp` claim.
     token_lifetime_s: float = Field(default=600.0, gt=0)
     address_pool: str = DEFAULT_POOL
+    # Accept Oakestra access tokens as API credentials (the original `oak` CLI sends them).
+    accept_user_tokens: bool = False
     # FLOps node name -> Oakestra placement ("cluster", "cluster1,cluster2" or "cluster/worker").
     placement: dict[str, str] = Field(default_factory=dict)
 
@@ -121,6 +123,7 @@ class OakestraSettings(BaseModel):
             "organization": get("ORGANIZATION"),
             "ca_file": get("CA_FILE"),
             "insecure": (get("INSECURE") or "0").lower() in ("1", "true", "yes"),
+            "accept_user_tokens": (get("USER_TOKENS") or "0").lower() in ("1", "true", "yes"),
             "placement": placement,
         }
         for name, field in (("TIMEOUT", "timeout_s"), ("ADDRESS_POOL", "address_pool")):
