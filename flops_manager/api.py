@@ -25,7 +25,8 @@ from werkzeug.exceptions import HTTPException
 
 from flops.actors import builder_command
 from flops.build import BuildOutcome
-from flops.data.partition import BUNDLED_DATASETS, Scheme, partition
+from flops.data.catalog import BUNDLED_DATASETS, DatasetUnavailableError
+from flops.data.partition import Scheme, partition
 from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, ProjectSLA, SLAError, parse_sla
@@ -153,9 +154,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         project = controller.submit(sla, customer)
         location = f"/api/flops/projects/{project.project_id}"
         # 200 with FLOps's message: the original `oak` CLI takes anything but 200 for a failure.
-        response = jsonify(
-            {"message": PROJECT_STARTED, "project_id": project.project_id, "status_url": location}
-        )
+        response = jsonify({"message": PROJECT_STARTED, "project_id": project.project_id, "status_url": location})
         response.headers["Location"] = location
         return response, 200
 
@@ -275,12 +274,15 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         except ValidationError as error:
             raise ApiError(422, "invalid mock data request", error.errors(include_url=False)) from error
         config = body.mock_data_configuration
-        if config.dataset_name not in BUNDLED_DATASETS:
-            raise ApiError(422, f"unknown dataset '{config.dataset_name}'", {"available": list(BUNDLED_DATASETS)})
-        histogram = partition(
-            config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
-            config.scheme, config.alpha, config.seed,
-        )  # fmt: skip
+        try:
+            histogram = partition(
+                config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
+                config.scheme, config.alpha, config.seed, allow_files=False,
+            )  # fmt: skip
+        except DatasetUnavailableError as error:
+            raise ApiError(422, str(error), {"available": list(BUNDLED_DATASETS)}) from error
+        except ValueError as error:  # more partitions than rows, say
+            raise ApiError(422, str(error), {"field": "mock_data_configuration"}) from error
         rows = {node: sum(counts.values()) for node, counts in histogram.items()}
         return jsonify({"message": MOCK_STARTED, "data_tag": config.data_tag, "nodes": rows}), 200
 

@@ -200,5 +200,7 @@ class TokenService:
         except IdentityUnavailable as error:
             raise AuthError(503, f"this token can only be checked by Oakestra, which is away: {error}") from error
         if customer is None or customer == ADMIN_CUSTOMER_ID:
-            raise AuthError(401, f"unknown or revoked token (neither FLOps's nor a valid Oakestra login): {BEARER_HINT}")
+            raise AuthError(
+                401, f"unknown or revoked token (neither FLOps's nor a valid Oakestra login): {BEARER_HINT}"
+            )
         return Principal(customer_id=customer, role="customer")

@@ -61,7 +61,8 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "start a project from an SLA (JSON or YAML), or only check it with dry_run",
                 "description": (
-                    "Validates the SLA and answers 200 at once (FLOps's `message`, plus `project_id` and `status_url`); the builder fetches and checks the repository, "
+                    "Validates the SLA and answers 200 at once (FLOps's `message`, plus `project_id` and "
+                    "`status_url`); the builder fetches and checks the repository, "
                     "and a bad one fails the project at `building`. With `dry_run=1` the repository is also "
                     "fetched and checked, within the manager's time limit, and nothing is stored or deployed."
                 ),

@@ -34,7 +34,7 @@ INFERENCE_PORT = 8080
 SHARED_MODULES = ("numpy", "pandas", "pyarrow.parquet", "datasets", "pydantic", "paho.mqtt.client", "yaml")
 LEARNER_MODULES = (
     "flwr.supernode.cli", "flwr.supercore.cli", "flwr.clientapp",
-    "learner.main", "learner.client_app", "flops.data.node_data", "flops_utils",
+    "learner.main", "learner.client_app", "flops.data.node_data", "flops.data.node_dataset", "flops_utils",
 )  # fmt: skip
 TRACKING_MODULES = ("mlflow", "mlflow.tracking", "mlflow.models", "mlflow.sklearn", "mlflow.pyfunc")
 AGGREGATOR_MODULES = (

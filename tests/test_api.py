@@ -224,10 +224,20 @@ def test_unknown_project_component_and_filter(api: Api, digits_repo: Path) -> No
     assert cancelled.status_code == 202 and api.store.get(project_id).desired == "cancelled"  # type: ignore[union-attr]
 
 
-def test_mocks_refuse_unknown_data_sets_and_fields(api: Api) -> None:
+def test_mocks_refuse_unknown_data_sets_and_fields(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here, and an empty Hugging Face cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("mnist", "cifar10"):  # FLOps's own mock bodies
+        config = {"dataset_name": name, "number_of_partitions": 2, "data_tag": name}
+        unknown = api.call("POST", "/api/flops/mocks", json={"customerID": "Admin", "mock_data_configuration": config})
+        assert unknown.status_code == 422, unknown.get_json()
+        message = unknown.get_json()["message"]
+        assert "digits, breast_cancer, iris, wine" in message and "flops data partition FILE" in message
+        assert "digits" in unknown.get_json()["details"]["available"]
     config = {"dataset_name": "imagenet", "number_of_partitions": 2, "data_tag": "x"}
-    unknown = api.call("POST", "/api/flops/mocks", json={"mock_data_configuration": config})
-    assert unknown.status_code == 422 and "digits" in unknown.get_json()["details"]["available"]
+    a_file = {**config, "dataset_name": "/etc/passwd"}
+    secret = api.call("POST", "/api/flops/mocks", json={"mock_data_configuration": a_file})
+    assert secret.status_code == 422  # a data set name, never a file on the manager
     extra = api.call("POST", "/api/flops/mocks", json={"mock_data_configuration": {**config, "size": 3}})
     assert extra.status_code == 422
 

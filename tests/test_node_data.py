@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flops.data.node_data import NodeDataError, load_dataset, missing_tags
@@ -53,6 +54,58 @@ def test_several_tags_are_concatenated(tmp_path: Path) -> None:
     assert len(load_dataset(["a", "b"], tmp_path / "node-1")) == 300
 
 
-def test_unknown_source_is_refused() -> None:
+def test_unknown_source_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="unknown data set"):
         load_source("mnist")
+
+
+@pytest.fixture(scope="module")
+def digits_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits-nodes")
+    partition("digits", 1, "digits", out)
+    return out / "node-1"
+
+
+def test_numpy_column_is_one_array_as_in_datasets_2(digits_node: Path) -> None:
+    """FLOps's data managers: set_format("numpy"), then reshape the image column."""
+    dataset = load_dataset(["digits"], digits_node)
+    dataset.set_format("numpy")
+    x = dataset["image"].reshape(len(dataset), -1)
+    y = dataset["label"]
+    assert x.shape == (1797, 64) and isinstance(y, np.ndarray) and y.shape == (1797,)
+    assert np.allclose(x[0], dataset[0]["image"].ravel())
+
+
+def test_derived_datasets_keep_numpy_columns(digits_node: Path) -> None:
+    dataset = load_dataset(["digits"], digits_node)
+    dataset.set_format("numpy")
+    splits = dataset.train_test_split(test_size=0.2, seed=0)
+    assert splits["train"]["image"].shape == (1437, 8, 8) and splits["test"]["label"].shape == (360,)
+    few = dataset.select(range(200))
+    derived = {
+        "select": few,
+        "shuffle": dataset.shuffle(seed=1),
+        "filter": few.filter(lambda rows: rows["label"] < 5, batched=True),
+        "map": few.map(lambda rows: {"double": rows["label"] * 2}, batched=True),
+        "with_format": load_dataset(["digits"], digits_node).with_format("numpy"),
+        "chained": splits["train"].shuffle(seed=2).select(range(100)),
+    }
+    for name, part in derived.items():
+        assert isinstance(part["image"], np.ndarray), name
+        assert part["image"].shape == (len(part), 8, 8), name
+    assert np.array_equal(derived["map"]["double"], few["label"] * 2)
+    assert set(derived["filter"]["label"]) <= {0, 1, 2, 3, 4}
+    python_rows = load_dataset(["digits"], digits_node).select(range(3))
+    assert isinstance(python_rows["label"], list)  # unformatted: a list, as datasets 2.x gave
+
+
+def test_plain_datasets_elsewhere_are_untouched(digits_node: Path) -> None:
+    import datasets
+
+    load_dataset(["digits"], digits_node)
+    plain = datasets.Dataset.from_dict({"a": [1, 2, 3]}).with_format("numpy")
+    assert type(plain.select([0, 1])) is datasets.Dataset
+    if int(datasets.__version__.split(".")[0]) >= 4:
+        assert type(plain["a"]).__name__ == "Column"

@@ -79,7 +79,9 @@ def test_oakestra_access_tokens_become_customers_only_when_oakestra_vouches(
     assert expired.value.status == 401
 
 
-def test_an_accepted_token_is_remembered_and_oakestra_away_is_503(standin: OakestraStandin, store: ProjectStore) -> None:
+def test_an_accepted_token_is_remembered_and_oakestra_away_is_503(
+    standin: OakestraStandin, store: ProjectStore
+) -> None:
     now = [1000.0]
     identity = OakestraIdentity(settings_for(standin), cache_s=60, clock=lambda: now[0])
     tokens = TokenService(store, identity)

@@ -47,3 +47,11 @@ def test_cli_prints_histogram_and_rejects_bad_input(tmp_path: Path) -> None:
     assert "node-1" in result.output and "node-2" in result.output
     bad = runner.invoke(app, ["data", "partition", "nope", "--nodes", "2", "--tag", "t", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown data set" in bad.output
+
+
+def test_parquet_file_keeps_its_columns_not_pandas_index(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": [0.5] * 30, "label": [i % 3 for i in range(30)]}, index=[f"r{i}" for i in range(30)])
+    frame.to_parquet(tmp_path / "data.parquet")  # the string index becomes a column `__index_level_0__`
+    partition(str(tmp_path / "data.parquet"), 3, "t", tmp_path / "out")
+    node = pd.read_parquet(tmp_path / "out" / "node-1" / "t" / "part-0.parquet")
+    assert list(node.columns) == ["x", "label"] and len(node) == 10

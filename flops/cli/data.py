@@ -14,7 +14,10 @@ console = Console()
 
 @app.command("partition")
 def partition_command(
-    dataset: str = typer.Argument(..., help="digits, breast_cancer, iris, wine, or a .csv/.parquet file"),
+    dataset: str = typer.Argument(
+        ...,
+        help="digits, breast_cancer, iris, wine, a Hugging Face data set (mnist, owner/name) or a .csv/.parquet file",
+    ),
     nodes: int = typer.Option(..., "--nodes", "-n", min=1, help="number of node folders"),
     tag: str = typer.Option(..., "--tag", "-t", help="data tag (folder name) to write"),
     out: Path = typer.Option(..., "--out", "-o", help="root folder for the node folders"),
@@ -23,7 +26,11 @@ def partition_command(
     seed: int = typer.Option(42, "--seed"),
     label_column: str = typer.Option("label", "--label-column", help="label column of a file"),
 ) -> None:
-    """Split DATASET into per-node folders OUT/node-i/TAG/ and show each node's labels."""
+    """Split DATASET into per-node folders OUT/node-i/TAG/ and show each node's labels.
+
+    Hugging Face data sets come from the hub when it answers, else from the local Hugging Face
+    cache (HF_HOME); HF_HUB_OFFLINE=1 skips the hub.
+    """
     try:
         histogram = partition(dataset, nodes, tag, out, scheme, alpha, seed, label_column)
     except ValueError as error:

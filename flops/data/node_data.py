@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    import datasets
+    from flops.data.node_dataset import NodeDataset
 
 DATA_DIR_ENV = "FLOPS_DATA_DIR"
 DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
@@ -72,11 +72,13 @@ class NodeDataSettings(BaseModel):
         return values
 
 
-def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | None = None) -> "datasets.Dataset":
+def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | None = None) -> "NodeDataset":
     """The node's data for the project's data tags, as one Hugging Face `Dataset`.
 
     With no arguments (as FLOps user code calls it) the learner's configuration applies.
-    Rows of all tags are concatenated in tag order; columns are the data set's own.
+    Rows of all tags are concatenated in tag order; columns and feature types are the data
+    set's own (an `Image` column gives PIL images). It is a `NodeDataset`: after
+    `set_format("numpy")`, `dataset["image"]` is one NumPy array, as with `datasets` 2.x.
     """
     configured = NodeDataSettings.from_env(os.environ)
     directory = Path(data_dir) if data_dir is not None else configured.data_dir
@@ -90,10 +92,12 @@ def load_dataset(data_tags: Sequence[str] | None = None, data_dir: str | Path | 
         raise NodeDataError(f"no data tags configured: set {DATA_TAGS_ENV} or name data_tags in the SLA")
     # Imported here: `datasets` takes a second to import, and Flower starts a fresh process
     # for every message, most of which never load data through this function.
-    import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from flops.data.node_dataset import NodeDataset
+
     tables = [pq.read_table(path) for tag in tags for path in tag_files(directory, tag)]
-    # In memory, straight from Arrow: no cache files on the node, no hub look-ups.
-    return datasets.Dataset(pa.concat_tables(tables, promote_options="default"))
+    # In memory, straight from Arrow: no cache files on the node, no hub look-ups. The
+    # features come from the files' schema metadata (see flops.data.node_files).
+    return NodeDataset(pa.concat_tables(tables, promote_options="default"))

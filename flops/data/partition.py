@@ -1,8 +1,9 @@
 """Split a data set into per-node data folders, the way real federations are skewed.
 
-Bundled scikit-learn data sets (they ship inside the package, so this works offline) or a
-local CSV/Parquet file are cut with flwr-datasets partitioners and written as
-`OUT/<node>/<tag>/part-0.parquet`.
+A data set by name (scikit-learn's bundled sets, which work offline, or a Hugging Face data
+set: see `flops.data.catalog`) or a local CSV/Parquet file is cut with flwr-datasets
+partitioners and written as `OUT/<node>/<tag>/part-0.parquet` (`flops.data.node_files`).
+Feature types survive: an `Image` column of the source is an `Image` column on every node.
 """
 
 from collections import Counter
@@ -11,15 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import datasets
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+
+from flops.data.catalog import BUNDLED_DATASETS, LABEL_COLUMN, named_dataset
+from flops.data.node_files import write_node_file
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
-BUNDLED_DATASETS = ("digits", "breast_cancer", "iris", "wine")
-LABEL_COLUMN = "label"
+__all__ = ["BUNDLED_DATASETS", "LABEL_COLUMN", "Scheme", "load_source", "node_name", "partition"]
+
+FILE_SUFFIXES = (".csv", ".parquet")
+# Columns pandas adds for a non-default index; they are no data.
+PANDAS_INDEX_PREFIX = "__index_level_"
 
 
 class Scheme(StrEnum):
@@ -33,53 +39,35 @@ def node_name(index: int) -> str:
     return f"node-{index}"
 
 
-def load_source(source: str, label_column: str = LABEL_COLUMN) -> datasets.Dataset:
-    """A bundled scikit-learn data set by name, or a local CSV/Parquet file.
+def load_source(source: str, label_column: str = LABEL_COLUMN, allow_files: bool = True) -> datasets.Dataset:
+    """A data set by name (bundled or Hugging Face, see `named_dataset`), or a local CSV/Parquet file.
 
-    Digits keep their shape as an 8x8 `image` column; tabular sets get one column per
-    feature. Every set has an integer `label` column.
+    A Parquet file keeps the feature types recorded in it (an `Image` column stays one). With
+    `allow_files=False` (names from the network) `source` is only ever a data set name.
     """
-    if source in BUNDLED_DATASETS:
-        return _bundled(source)
     path = Path(source)
-    if not path.is_file():
-        raise ValueError(
-            f"unknown data set '{source}': name one of {', '.join(BUNDLED_DATASETS)} "
-            "or give the path of a .csv or .parquet file"
-        )
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path)
+    if not allow_files or source in BUNDLED_DATASETS or (path.suffix not in FILE_SUFFIXES and not path.is_file()):
+        dataset = named_dataset(source)
+        origin = f"data set '{source}'"
+    elif not path.is_file():
+        raise ValueError(f"{path}: no such file; give the path of a .csv or .parquet file or a data set name")
+    elif path.suffix == ".csv":
+        dataset = datasets.Dataset.from_pandas(pd.read_csv(path), preserve_index=False)
+        origin = str(path)
     elif path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        table = pq.read_table(path)
+        table = table.drop_columns([name for name in table.column_names if name.startswith(PANDAS_INDEX_PREFIX)])
+        # Straight from Arrow, so the `huggingface` schema metadata gives the features.
+        dataset = datasets.Dataset(table)
+        origin = str(path)
     else:
         raise ValueError(f"{path}: only .csv and .parquet files can be partitioned")
-    if label_column not in frame.columns:
+    if label_column not in dataset.column_names:
         raise ValueError(
-            f"{path} has no column '{label_column}' (columns: {', '.join(map(str, frame.columns))}); "
+            f"{origin} has no column '{label_column}' (columns: {', '.join(dataset.column_names)}); "
             "name the label column with --label-column"
         )
-    return datasets.Dataset.from_pandas(frame, preserve_index=False)
-
-
-def _bundled(name: str) -> datasets.Dataset:
-    from sklearn import datasets as sk_datasets
-
-    loader = getattr(sk_datasets, f"load_{name}")
-    bunch = loader()
-    labels = np.asarray(bunch.target, dtype=np.int64)
-    if name == "digits":
-        images = np.asarray(bunch.images, dtype=np.float32)
-        return datasets.Dataset.from_dict({"image": images.tolist(), LABEL_COLUMN: labels})
-    columns: dict[str, np.ndarray] = {
-        _column_name(feature): np.asarray(bunch.data[:, i], dtype=np.float64)
-        for i, feature in enumerate(bunch.feature_names)
-    }
-    columns[LABEL_COLUMN] = labels
-    return datasets.Dataset.from_dict(columns)
-
-
-def _column_name(feature: str) -> str:
-    return "_".join(feature.replace("(", " ").replace(")", " ").split()).lower()
+    return dataset
 
 
 def make_partitioner(scheme: Scheme, nodes: int, alpha: float, seed: int, label_column: str) -> "Partitioner":
@@ -119,14 +107,18 @@ def partition(
     alpha: float = 0.5,
     seed: int = 42,
     label_column: str = LABEL_COLUMN,
+    allow_files: bool = True,
 ) -> dict[str, Counter[int]]:
-    """Write one partition per node to `out/<node>/<tag>/`; return each node's label counts."""
+    """Write one partition per node to `out/<node>/<tag>/`; return each node's label counts.
+
+    `source` is a data set name or (unless `allow_files` is False) a CSV/Parquet file.
+    """
     if nodes < 1:
         raise ValueError("--nodes must be at least 1")
     if not tag or "/" in tag or tag.startswith("."):
         raise ValueError(f"invalid data tag '{tag}': use a plain folder name such as 'digits'")
     scheme = Scheme(scheme)
-    dataset = load_source(source, label_column).shuffle(seed=seed)
+    dataset = load_source(source, label_column, allow_files).shuffle(seed=seed)
     if nodes > len(dataset):
         raise ValueError(f"cannot split {len(dataset)} rows over {nodes} nodes")
     partitioner = make_partitioner(scheme, nodes, alpha, seed, label_column)
@@ -138,6 +130,6 @@ def partition(
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.parquet"):
             stale.unlink()
-        pq.write_table(part.with_format("arrow")[:], folder / "part-0.parquet")
+        write_node_file(part, folder / "part-0.parquet")
         histogram[node_name(index + 1)] = Counter(int(v) for v in part[label_column])
     return histogram
