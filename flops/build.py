@@ -41,6 +41,10 @@ class BuildResult(BaseModel):
     reused: bool = False
     stage_durations: dict[str, float] = Field(default_factory=dict)
     oci: OciBuildInfo | None = None  # OCI target only
+    # What the builder changed in the repository's dependencies, one line each: a pin relaxed
+    # (naming the pin, what it conflicted with and what is used instead), Python or MLflow
+    # ignored. For the project's status and `flops watch`.
+    dependency_warnings: list[str] = Field(default_factory=list)
 
 
 class BuildFailure(BaseModel):

@@ -11,9 +11,18 @@ Roles: `learner` gets the platform without MLflow (`flops`), `aggregator` gets
 `flops[tracking]`; both get the user's requirements. The platform is installed from a
 wheel built once per source digest from a private copy of its source, so builds never
 write into the platform's checkout.
+
+Before anything is installed, `Installer.resolve` answers whether a set of requirements
+resolves (`uv pip compile`, or pip's `install --dry-run --report`), with the resolver's whole
+reason when it does not; `image_builder.dependencies.fit_by_resolution` relaxes user pins by
+it. Each environment is checked before it is kept (`_verify`): the platform imports, the
+data stack imports (numpy, pyarrow, pandas, datasets: a NumPy that pyarrow cannot run with
+fails the build, not round 1), torch and torchvision import together where present, and
+MLflow is absent from learners and present in the aggregator's.
 """
 
 import configparser
+import json
 import os
 import platform as _platform
 import re
@@ -28,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_builder.dependencies import Resolution, torchvision_fix, torchvision_for
 from image_builder.files import file_lock, read_json, remove_tree, text_digest, tree_digest, write_json_atomic
 
 ROLES = ("learner", "aggregator")
@@ -36,14 +46,38 @@ PLATFORM_EXTRAS = {"learner": "", "aggregator": "tracking"}
 MARKER = "flops-env.json"
 KEY_FORMAT = 1
 
-_VERIFY = {
-    "learner": (
-        "import importlib.util, sys\n"
-        "import flops, flops_utils, learner\n"
-        "sys.exit('mlflow is importable' if importlib.util.find_spec('mlflow') else 0)\n"
-    ),
-    "aggregator": "import flops, flops_utils, aggregator, mlflow\nprint('mlflow', mlflow.__version__)\n",
-}
+RESOLVE_TIMEOUT_S = 300.0
+
+# Run inside a new environment: one JSON line {"versions": ..., "problems": [...]}. Every
+# module is imported, so one broken import does not hide the next.
+_CHECK = """
+import importlib, importlib.metadata, importlib.util, json, sys
+role = sys.argv[1]
+platform = ["flops", "flops_utils", role]
+data = ["numpy", "pyarrow", "pandas"] + (["datasets"] if role == "learner" else [])
+problems, versions = [], {}
+for module in platform + data + (["mlflow"] if role == "aggregator" else []):
+    try:
+        importlib.import_module(module)
+    except Exception as error:
+        kind = "the platform" if module in platform else "MLflow" if module == "mlflow" else "the data stack"
+        problems.append(f"import {module} ({kind}) fails: {type(error).__name__}: {error}")
+for name in ["numpy", "pyarrow", "pandas", "datasets", "mlflow", "torch", "torchvision"]:
+    try:
+        versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+if role == "learner" and importlib.util.find_spec("mlflow"):
+    problems.append("mlflow is importable: learners must run without MLflow")
+torchvision = None
+if "torchvision" in versions:
+    try:
+        import torch, torchvision
+        torch.ops.torchvision.nms
+    except Exception as error:
+        torchvision = f"{type(error).__name__}: {error}"
+print(json.dumps({"versions": versions, "problems": problems, "torchvision": torchvision}))
+"""
 
 Log = Callable[[str], None]
 # Per-package lines of installers and wheel builds: counted in their summaries anyway.
@@ -270,6 +304,60 @@ class Installer:
             cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
         run_logged(cmd, log, "installing packages", self._env())
 
+    @property
+    def identity(self) -> str:
+        """What decides a resolution besides the requirements: installer, interpreter, index."""
+        return json.dumps({"installer": self.name, "python": python_identity(), "index": self.index.uv_args()})
+
+    def resolve(self, requirements: list[str], timeout: float = RESOLVE_TIMEOUT_S) -> Resolution:
+        """Whether `requirements` resolve for this interpreter, without installing anything.
+
+        uv: `uv pip compile` (metadata only); pip: `pip install --dry-run --report`. A failure
+        that is a conflict comes back with the resolver's whole reason; any other failure
+        (no network, a timeout) as not a conflict.
+        """
+        with tempfile.TemporaryDirectory(prefix="flops-resolve-") as folder:
+            if self.uv:
+                infile = Path(folder) / "requirements.in"
+                infile.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
+                cmd = [
+                    str(self.uv),
+                    *("pip", "compile", "--quiet", "--no-header", "--no-annotate", "--python", sys.executable),
+                    *self.index.uv_args(),
+                    str(infile),
+                ]
+            else:
+                report = Path(folder) / "report.json"
+                cmd = [
+                    sys.executable,
+                    *("-m", "pip", "install", "--dry-run", "--ignore-installed", "--disable-pip-version-check"),
+                    *("--no-input", "--report", str(report), *requirements),
+                ]
+            try:
+                # pip writes its conflict's details to stdout and the error to stderr: one stream keeps their order.
+                done = subprocess.run(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE if self.uv else subprocess.STDOUT,
+                    text=True,
+                    env=self._env(),
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return Resolution(versions=None, message=f"the resolver ({self.name}) took longer than {timeout:g} s")
+            output = (done.stderr if self.uv else done.stdout).splitlines()
+            if done.returncode == 0:
+                if self.uv:
+                    return Resolution(versions=_compiled_versions(done.stdout))
+                return Resolution(versions=_reported_versions(report))
+        message = resolver_message(output)
+        conflict = any(
+            marker in message
+            for marker in ("No solution found", "ResolutionImpossible", "conflicting dependencies", "No matching dist")
+        )
+        return Resolution(versions=None, message=message, conflict=conflict)
+
     def build_wheel(self, source: Path, out: Path, log: Log) -> None:
         if self.uv:
             cmd = [str(self.uv), "build", "--quiet", "--wheel", "--out-dir", str(out), *self.index.uv_args()]
@@ -301,21 +389,130 @@ def run_logged(cmd: list[str], log: Log, what: str, env: Mapping[str, str] | Non
 _DECORATION = re.compile("^[\\s\u00d7\u25b6\u2500-\u257f]+")
 
 
-def summarize(lines: list[str], limit: int = 400) -> str:
-    """One line out of a tool's output: from its first error line on, else its last line."""
-    cleaned = [_DECORATION.sub("", line).strip() for line in lines]
-    cleaned = [line for line in cleaned if line]
+def summarize(lines: list[str], limit: int | None = None) -> str:
+    """One line out of a tool's output: from its first error line to the end, else its last lines.
+
+    Nothing is cut unless `limit` says so: the whole reason reaches the project's error.
+    """
+    cleaned = [(raw, _DECORATION.sub("", raw).strip()) for raw in lines]
+    cleaned = [(raw, line) for raw, line in cleaned if line]
     start = next(
         (
             index
-            for index, (raw, line) in enumerate(zip(lines, cleaned, strict=False))
+            for index, (raw, line) in enumerate(cleaned)
             if "\u00d7" in raw or line.lower().startswith(("error", "traceback")) or "Error:" in line
         ),
         None,
     )
-    picked = cleaned[start : start + 6] if start is not None else cleaned[-2:]
+    picked = [line for _, line in (cleaned[start:] if start is not None else cleaned[-2:])]
     text = " ".join(picked) or "no output"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+# pip's lines that say what it is doing, not why it failed.
+_PIP_CHATTER = re.compile(
+    r"^(?:WARNING: Location |Collecting |Downloading |Using cached |Looking in |Processing |Obtaining |"
+    r"Requirement already |INFO: |  Downloading |  Using cached )"
+)
+_PIP_DEPENDS = re.compile(r"^(?P<name>[A-Za-z0-9][\w.-]*) (?P<version>\d\S*) depends on (?P<target>.+)$")
+
+
+def resolver_message(lines: list[str]) -> str:
+    """The resolver's whole reason as one paragraph: uv's error and its derivation, or pip's conflict.
+
+    uv's decorations and `error:`/`cause:` labels go; pip's progress lines, its advice and
+    its help link go, and its one line per tried version ("datasets 3.0.0 depends on
+    tqdm>=4.66.3", ...) becomes one line per package and requirement.
+    """
+    kept: list[str] = []
+    for raw in lines:
+        if _PIP_CHATTER.match(raw) or raw.startswith(("Resolved ", "Would install", "warning: ")):
+            continue
+        kept.append(raw)
+    start = next(
+        (index for index, raw in enumerate(kept) if raw.lstrip("\u00d7 ").lower().startswith("error")),
+        None,
+    )
+    if start is None:
+        return summarize(kept)
+    parts: list[str] = []
+    pending: tuple[str, str, list[str]] | None = None  # pip: (package, requirement, versions)
+    advice = False
+    listing = False  # inside pip's "The conflict is caused by:" list
+    for raw in kept[start:]:
+        line = _DECORATION.sub("", raw).strip()
+        if not line or "for help visit" in line:
+            listing = listing and bool(line)
+            continue
+        if listing and not raw.startswith(" "):
+            listing = False
+        if line.endswith("caused by:"):
+            listing = True
+            parts.append(line)
+            continue
+        if line.startswith("To fix this you could try"):
+            advice = True
+            continue
+        if advice and re.match(r"^\d+\. ", line):
+            continue
+        advice = False
+        if parts and re.match(r"^(?:cause|Caused by):", line) and not parts[-1].endswith((":", ".")):
+            parts[-1] += ":"
+        line = re.sub(r"^(?:error|ERROR|cause|Caused by):\s*", "", line)
+        depends = _PIP_DEPENDS.match(line)
+        if depends and pending and pending[:2] == (depends["name"], depends["target"]):
+            pending[2].append(depends["version"])
+            continue
+        if pending:
+            parts.append(_pip_depends(*pending))
+            pending = None
+        if depends:
+            pending = (depends["name"], depends["target"], [depends["version"]])
+            continue
+        parts.append(f"{line};" if listing else line)
+    if pending:
+        parts.append(_pip_depends(*pending))
+    return _PIP_VERSION_RUN.sub(_versions_run, " ".join(parts)) or "no output"
+
+
+# pip's "Cannot install datasets==3.0.0, datasets==3.0.1, ..., datasets==5.2.0 and tqdm==4.65.0".
+_PIP_VERSION_RUN = re.compile(r"\b(?P<name>[A-Za-z0-9][\w.-]*)==[^\s,]+(?:, (?P=name)==[^\s,]+){2,}")
+
+
+def _versions_run(match: re.Match[str]) -> str:
+    versions = [item.split("==", 1)[1] for item in match[0].split(", ")]
+    return f"{match['name']}=={versions[0]} to {match['name']}=={versions[-1]} ({len(versions)} versions)"
+
+
+def _pip_depends(name: str, target: str, versions: list[str]) -> str:
+    if len(versions) == 1:
+        return f"{name} {versions[0]} depends on {target};"
+    return f"{name} {versions[-1]} to {versions[0]} ({len(versions)} versions) depend on {target};"
+
+
+def _compiled_versions(text: str) -> dict[str, str]:
+    """`name==version` lines of `uv pip compile`, by canonical name."""
+    from packaging.utils import canonicalize_name
+
+    versions: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;]+)", line.strip())
+        if match:
+            versions[str(canonicalize_name(match[1]))] = match[2]
+    return versions
+
+
+def _reported_versions(report: Path) -> dict[str, str]:
+    """What pip's `--report` would install, by canonical name."""
+    from packaging.utils import canonicalize_name
+
+    data = read_json(report)
+    installs = data.get("install", []) if isinstance(data, dict) else []
+    return {
+        str(canonicalize_name(item["metadata"]["name"])): str(item["metadata"]["version"])
+        for item in installs
+        if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+    }
 
 
 # --- environments -----------------------------------------------------------------------
@@ -416,19 +613,60 @@ def ensure_environment(
     return Environment(role=role, path=final, key=key, reused=False)
 
 
-def _verify(role: str, target: Path, log: Log) -> None:
-    """The learner environment must not see MLflow; the aggregator's must import it."""
-    log(f"checking the {role} environment")
-    python = target / "bin" / "python"
+def check_environment(role: str, python: Path, label: str = "the dependency file") -> tuple[dict[str, str], list[str]]:
+    """Import what `role` needs with `python`: the versions found and every problem, named.
+
+    The platform and the data stack (numpy, pyarrow, pandas; datasets for learners) must
+    import; learners must not see MLflow, the aggregator must import it; where torchvision
+    is installed, it must work with the torch beside it (`torch.ops.torchvision.nms`).
+    """
+    # Isolated (-I) and away from any checkout: `import flops` must find the environment's own.
     result = subprocess.run(
-        [str(python), "-c", _VERIFY[role]], capture_output=True, text=True, check=False, timeout=300
+        [str(python), "-I", "-c", _CHECK, role],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=python.parent,
     )
-    output = (result.stdout + result.stderr).strip()
-    if output:
-        log("    " + output.replace("\n", "\n    "))
-    if result.returncode:
-        reason = "MLflow must not be importable there" if role == "learner" else "it cannot import the platform"
-        raise BuildEnvironmentError(f"check failed ({reason}): {summarize(output.splitlines())}")
+    report = None
+    for line in reversed(result.stdout.splitlines()):
+        try:
+            report = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if not isinstance(report, dict):
+        output = (result.stdout + result.stderr).splitlines()
+        return {}, [f"the environment's interpreter does not run the check: {summarize(output)}"]
+    versions: dict[str, str] = report.get("versions", {})
+    problems: list[str] = list(report.get("problems", []))
+    if report.get("torchvision"):
+        torch = versions.get("torch", "?")
+        vision = versions.get("torchvision", "?")
+        series = torchvision_for(torch) if torch != "?" else None
+        problems.append(
+            torchvision_fix(
+                f"torchvision {vision} does not work with torch {torch} ({report['torchvision']})"
+                + (f"; torch {torch} needs torchvision {series}" if series and not vision.startswith(series) else ""),
+                torch,
+                series or "the release built for that torch",
+                label,
+            )
+        )
+    return versions, problems
+
+
+def _verify(role: str, target: Path, log: Log) -> None:
+    """The environment is kept only when `check_environment` finds no problem."""
+    log(f"checking the {role} environment")
+    versions, problems = check_environment(role, target / "bin" / "python", "the dependency file")
+    if versions:
+        log("    " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())))
+    for problem in problems:
+        log("    problem: " + problem)
+    if problems:
+        raise BuildEnvironmentError("check failed: " + "; ".join(problems))
 
 
 def _relocate_scripts(target: Path, final: Path) -> None:

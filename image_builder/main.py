@@ -11,7 +11,9 @@ stage, builds nothing and publishes no event; its result names the commit and th
 (`repo_dir`).
 
 The result file (--result-file) is a `flops.build.BuildOutcome`: `{"result": BuildResult}`
-or `{"failure": {"stage": ..., "error": ...}}`, the error the whole reason in one paragraph.
+or `{"failure": {"stage": ..., "error": ...}}`, the error the whole reason in one paragraph
+(a resolver's included, uncut). `BuildResult.dependency_warnings` lists what the dependency
+stage changed (relaxed pins and why), for a check-only run too.
 Events go to MQTT when a broker is configured: builder/started, then builder/succeeded with
 the BuildResult, or builder/failed with the stage (the envelope's `error` is the reason).
 Exit status: 0 built, reused or checked; 1 failed.
@@ -28,6 +30,7 @@ from flops.build import BuildOutcome, BuildResult
 from flops.config import flops_home
 from flops.events import BuilderFailed, BuilderStarted, Component, EventName, make_event
 from flops.mqtt import publish_once
+from image_builder.environments import Installer
 from image_builder.files import write_json_atomic
 from image_builder.local import LocalBuilder
 from image_builder.settings import BuilderSettings
@@ -109,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     if events:
         publish(settings, args.project_id, EventName.STARTED, BuilderStarted(repo_url=args.repo_url, ref=args.ref))
     stages = Stages()
+    # uv resolves whenever it is there (pip's resolver backtracks for minutes over the same
+    # question), also where FLOPS_BUILDER_INSTALLER=pip has pip install.
+    resolver = Installer.detect(settings.index)
     try:
-        with private_source(request, stages) as source:
+        with private_source(request, stages, resolver) as source:
             if args.check_only:
                 result = BuildResult(
                     commit=source.commit, repo_dir=str(source.checkout), stage_durations=dict(stages.durations)
                 )
             else:
                 result = make_target(args, request, settings, stages).build(source)
+            result = result.model_copy(update={"dependency_warnings": list(source.dependencies.warnings)})
     except Exception as error:
         failed = stages.failed(error)
         progress(f"FAILED at {failed.stage}: {failed.message}")

@@ -7,7 +7,11 @@
   larger than the limit or with a symlink leaving it, and copy the tree to the build's
   private folder;
 - validate: the ML-repository contract (`flops.ml_repo.contract`) on the private copy;
-- dependencies: the one dependency file, fitted to the platform.
+- dependencies: the one dependency file, fitted to the platform; given a resolver, the
+  platform's requirements and the user's are resolved together and exactly the user pins
+  the resolver blames are relaxed (`image_builder.dependencies.fit_by_resolution`), its
+  answers cached under `<cache>/resolutions`. Each change is a warning, in the build log and
+  in `BuildResult.dependency_warnings`.
 
 A refusal found while copying is reported at `validate`, as the contract is. The local and
 OCI targets build from `Source.repo`; `--check-only` stops here.
@@ -25,7 +29,15 @@ from typing import Protocol
 from flops.build import BuildResult
 from flops.ml_repo.contract import validate_repository
 from flops.ml_repo.source import checkout_key, fetch_repository
-from image_builder.dependencies import Dependencies, read_dependencies
+from image_builder.dependencies import (
+    Dependencies,
+    PlatformPins,
+    Resolution,
+    Resolve,
+    cached,
+    fit_by_resolution,
+    read_dependencies,
+)
 from image_builder.files import copy_repository, file_lock, remove_tree, walk_repository
 from image_builder.stages import Stages, progress
 
@@ -82,8 +94,28 @@ def check_tree(repo: Path, max_bytes: int) -> int:
     return total
 
 
-def fetch_source(repo_url: str, ref: str | None, cache: Path, dest: Path, max_bytes: int, stages: Stages) -> Source:
-    """Fetch `repo_url` at `ref`, check it and copy it to `dest` (absent); its dependencies."""
+class Resolver(Protocol):
+    """What resolves requirements before anything is installed (`environments.Installer`)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def resolve(self, requirements: list[str]) -> Resolution: ...
+
+
+def fetch_source(
+    repo_url: str,
+    ref: str | None,
+    cache: Path,
+    dest: Path,
+    max_bytes: int,
+    stages: Stages,
+    resolver: Resolver | None = None,
+) -> Source:
+    """Fetch `repo_url` at `ref`, check it and copy it to `dest` (absent); its dependencies.
+
+    With a `resolver`, the dependencies are fitted to the platform by resolution too.
+    """
     refusal: RepositoryRefused | None = None
     size = 0
     with stages.timed("fetch"):
@@ -102,7 +134,11 @@ def fetch_source(repo_url: str, ref: str | None, cache: Path, dest: Path, max_by
         validate_repository(dest)
         progress(f"repository keeps the contract ({size / 2**20:.1f} MB)")
     with stages.timed("dependencies"):
-        deps = read_dependencies(dest)
+        pins = PlatformPins.current()
+        deps = read_dependencies(dest, pins)
+        if resolver is not None:
+            resolve: Resolve = cached(resolver.resolve, cache / "resolutions", resolver.identity)
+            deps = fit_by_resolution(deps, pins, resolve, log=lambda line: progress(f"resolving: {line}"))
         progress(f"dependencies from {deps.source.name}: {', '.join(deps.requirements) or 'none'}")
         for warning in deps.warnings:
             progress(f"warning: {warning}")
@@ -112,11 +148,13 @@ def fetch_source(repo_url: str, ref: str | None, cache: Path, dest: Path, max_by
 
 
 @contextmanager
-def private_source(request: BuildRequest, stages: Stages) -> Iterator[Source]:
+def private_source(request: BuildRequest, stages: Stages, resolver: Resolver | None = None) -> Iterator[Source]:
     """The checked source in a private work folder of this build, removed afterwards."""
     work = Path(tempfile.mkdtemp(dir=_work_dir(request.cache), prefix="build-"))
     try:
-        yield fetch_source(request.repo_url, request.ref, request.cache, work / "repo", request.max_repo_bytes, stages)
+        yield fetch_source(
+            request.repo_url, request.ref, request.cache, work / "repo", request.max_repo_bytes, stages, resolver
+        )
     finally:
         remove_tree(work)
 

@@ -236,12 +236,18 @@ def test_the_installed_platform_pins_are_read() -> None:
     assert pins.specs["flwr"] == "flwr==1.41.0"
     assert {"numpy", "pandas", "pyarrow", "scikit-learn", "torch", "mlflow"} <= set(pins.specs)
     assert pins.python_version == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    # NumPy stays at the major the platform's data stack runs with here (pyarrow 26 needs NumPy 2).
+    import numpy
+
+    assert pins.floors == {"numpy": f"numpy>={numpy.__version__.split('.')[0]}"}
+    assert pins.floors["numpy"] in pins.resolution_requirements()
+    assert "torch" not in " ".join(pins.resolution_requirements())  # the user's to ask for
 
 
 def test_every_example_has_readable_dependencies() -> None:
     for example in sorted(EXAMPLES.iterdir()):
         deps = read_dependencies(example)
-        assert "numpy" in deps.requirements, example
+        assert any(req.startswith("numpy") for req in deps.requirements), example
         assert not any(req.startswith("mlflow") for req in deps.requirements), example
 
 
@@ -392,7 +398,7 @@ def test_source_stage_fetches_checks_and_reads_dependencies(tmp_path: Path) -> N
     source = fetch_source(str(repo), None, cache, tmp_path / "copy", 2**20, stages)
     assert source.commit == head and source.url == str(repo.resolve())
     assert source.checkout == cache / "repos" / checkout_key(str(repo))
-    assert source.dependencies.requirements == ["numpy", "scikit-learn"]
+    assert source.dependencies.requirements == ["numpy>=2", "scikit-learn"]
     assert (source.repo / "model_manager.py").is_file() and not (source.repo / ".git").exists()
     assert list(stages.durations) == ["fetch", "validate", "dependencies"]
     # A refusal found while copying is reported at validate, like the contract.
@@ -412,6 +418,7 @@ def test_check_only_checks_and_builds_nothing(tmp_path: Path, events: list[Any])
     assert Path(result.repo_dir) == cache / "repos" / checkout_key(str(repo))
     assert (Path(result.repo_dir) / "model_manager.py").is_file()
     assert set(result.stage_durations) == {"fetch", "validate", "dependencies"}
+    assert result.dependency_warnings == []
     assert not (cache / "platform").exists() and not (cache / "envs").exists()
     assert not list((cache / "work").iterdir())  # the private copy is gone
     assert events == []
@@ -424,6 +431,32 @@ def test_check_only_checks_and_builds_nothing(tmp_path: Path, events: list[Any])
     assert "model_manager.py" in error and error.endswith(
         "(see docs/ml-repository.md for what a repository must provide)"
     )
+
+
+def test_relaxed_pins_reach_the_result_and_an_unresolvable_one_fails_with_the_whole_reason(tmp_path: Path) -> None:
+    """Check-only runs the dependency stage as a build does: the resolver relaxes, or explains."""
+    cache, result_file = tmp_path / "cache", tmp_path / "result.json"
+    pinned = git_repo(
+        tmp_path / "pinned", files={"requirements.txt": "tqdm==4.65.0\n", "model_manager.py": MODEL_MANAGER}
+    )
+    assert builder_main.main([*builder_args(str(pinned), cache, result_file), "--check-only"]) == 0
+    warnings = read_result(result_file).dependency_warnings
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("requirements.txt line 1: tqdm==4.65.0 relaxed to tqdm>=4.65.0, tqdm ")
+    assert "it conflicts with the platform's datasets" in warnings[0]
+    assert list((cache / "resolutions").glob("*.json"))  # answers kept for the next build
+
+    missing = "flops-test-a-package-that-is-on-no-index-at-all-for-this-check==1.0.0"
+    broken = git_repo(
+        tmp_path / "broken", files={"requirements.txt": f"{missing}\n", "model_manager.py": MODEL_MANAGER}
+    )
+    assert builder_main.main([*builder_args(str(broken), cache, result_file), "--check-only"]) == 1
+    stage, error = read_failure(result_file)
+    assert stage == "dependencies"
+    assert error.startswith(f"requirements.txt: {missing} cannot be installed, and not because of the platform")
+    # The resolver's reason, whole: not cut at 400 characters.
+    assert len(error) > 400 and not error.endswith("...")
+    assert error.endswith("we can conclude that your requirements are unsatisfiable."), error
 
 
 def test_a_bad_host_fails_with_gits_whole_reason(tmp_path: Path, events: list[Any]) -> None:
@@ -518,12 +551,12 @@ def test_full_build_makes_both_environments(digits_build: dict[str, Any]) -> Non
     assert (repo_dir / "model_manager.py").is_file() and not (repo_dir / ".git").exists()
     build_json = json.loads((repo_dir.parent / "build.json").read_text())
     assert build_json["build_key"] == built["build_key"] == repo_dir.parent.name
-    assert build_json["requirements"] == ["numpy", "scikit-learn"]
+    assert build_json["requirements"] == ["numpy>=2", "scikit-learn"]
 
     learner, aggregator = Path(built["learner_python"]), Path(built["aggregator_python"])
     for python, role in ((learner, "learner"), (aggregator, "aggregator")):
         marker = json.loads((python.parent.parent / "flops-env.json").read_text())
-        assert marker["role"] == role and marker["requirements"] == ["numpy", "scikit-learn"]
+        assert marker["role"] == role and marker["requirements"] == ["numpy>=2", "scikit-learn"]
     probe = "import importlib.util as u; print(bool(u.find_spec('mlflow')), bool(u.find_spec('sklearn')))"
     assert subprocess.run([learner, "-c", probe], capture_output=True, text=True).stdout.split() == [
         "False",

@@ -163,14 +163,28 @@ def _project_table(project: dict[str, Any]) -> Table:
 def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
     """Show a project live until it ends; 0 when it completed."""
     project = client.project(project_id)
+    shown_warnings = False
     with Live(_project_table(project), console=console, refresh_per_second=4) as live:
         while project["status"] not in FINAL:
             time.sleep(poll_s)
             project = client.project(project_id)
             live.update(_project_table(project))
+            shown_warnings = shown_warnings or _print_dependency_warnings(live.console, project)
+    if not shown_warnings:
+        _print_dependency_warnings(console, project)
     console.print()
     print_summary(project)
     return 0 if project["status"] == "completed" else 1
+
+
+def _print_dependency_warnings(out: Console, project: dict[str, Any]) -> bool:
+    """The pins the builder relaxed (once the build is recorded); whether there was a build to show."""
+    build = project.get("build")
+    if not build:
+        return False
+    for warning in build.get("dependency_warnings", []):
+        out.print(f"[yellow]dependency warning:[/yellow] {warning}")
+    return True
 
 
 def print_summary(project: dict[str, Any]) -> None:

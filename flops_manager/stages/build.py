@@ -42,6 +42,8 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     """submitted/building: start the builder once, follow it, move on once its outcome is recorded."""
     if project.build is not None:
         ctx.mark_inactive(project.project_id, [BUILDER])
+        if project.build.dependency_warnings:  # the pins the builder relaxed, in the project's events
+            ctx.note(project.project_id, BUILDER, "dependencies", "\n".join(project.build.dependency_warnings))
         return ctx.store.transition(project.project_id, ProjectStatus.DEPLOYING, now=ctx.clock())
     failure = project.build_failure
     if failure is not None and failure.transient:
