@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from flops.actors import manager_command
-from flops.broker import MQTT_USER, start_broker
+from flops.broker import MQTT_USER, BrokerKind, launch_broker, parse_broker_kind
 from flops.client import ManagerClient, admin_token_file
 from flops.config import flops_home
 from flops.net import free_port, http_ok, wait_until
@@ -30,12 +30,14 @@ BROKER_PORT = 9027
 class StackSettings(BaseModel):
     """Where the stack lives and its ports; a port left None is the usual one if free, else any free one.
 
-    From FLOPS_HOME, FLOPS_MQTT_PORT, FLOPS_OBSERVATORY_PORT, FLOPS_TRACKING_URI (an observatory
-    elsewhere: none is started) and FLOPS_MANAGER_PORT.
+    From FLOPS_HOME, FLOPS_MQTT_PORT, FLOPS_BROKER (`auto`: Mosquitto when installed, else the
+    embedded amqtt broker; `mosquitto` or `embedded` to force one), FLOPS_OBSERVATORY_PORT,
+    FLOPS_TRACKING_URI (an observatory elsewhere: none is started) and FLOPS_MANAGER_PORT.
     """
 
     home: Path
     broker_port: int | None = None
+    broker: BrokerKind = "auto"
     observatory_port: int | None = None
     tracking_uri: str | None = None
     manager_port: int | None = None
@@ -46,6 +48,7 @@ class StackSettings(BaseModel):
             {
                 "home": flops_home(env),
                 "broker_port": env.get("FLOPS_MQTT_PORT") or None,
+                "broker": parse_broker_kind(env.get("FLOPS_BROKER")),
                 "observatory_port": env.get("FLOPS_OBSERVATORY_PORT") or None,
                 "tracking_uri": env.get("FLOPS_TRACKING_URI") or None,
                 "manager_port": env.get("FLOPS_MANAGER_PORT") or None,
@@ -79,6 +82,12 @@ def _free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _broker_fits(state: dict[str, Any], settings: StackSettings) -> bool:
+    """Whether the running broker is the kind `settings` asks for (`auto` takes either)."""
+    kind = state.get("services", {}).get("broker", {}).get("kind", "mosquitto")
+    return settings.broker in ("auto", kind)
+
+
 def running_services(home: Path | None = None) -> dict[str, bool]:
     state = read_state(home)
     return {
@@ -91,16 +100,33 @@ def up(settings: StackSettings) -> dict[str, Any]:
     """Start whatever of the stack is not running; the state with URLs."""
     home = settings.home
     state = read_state(home)
-    if state and all(running_services(home).values()) and ManagerClient(state["manager_url"]).health():
+    if (
+        state
+        and all(running_services(home).values())
+        and _broker_fits(state, settings)
+        and ManagerClient(state["manager_url"]).health()
+    ):
         return state
     down(home)
     directory = stack_dir(home)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     broker_port = _port(settings.broker_port, BROKER_PORT)
-    broker, password_file = start_broker(directory / "broker", broker_port)
-    services: dict[str, Any] = {"broker": {"pid": broker.pid, "port": broker_port, "log": str(broker.log_path)}}
+    broker = launch_broker(directory / "broker", broker_port, settings.broker)
+    password_file = broker.password_file
+    services: dict[str, Any] = {
+        "broker": {
+            "pid": broker.process.pid,
+            "port": broker_port,
+            "kind": broker.kind,
+            "log": str(broker.process.log_path),
+        }
+    }
     tracking = settings.tracking_uri or f"http://127.0.0.1:{_port(settings.observatory_port, OBSERVATORY_PORT)}"
-    observatory_pid = ensure_tracking_server(tracking, directory / "observatory")
+    try:
+        observatory_pid = ensure_tracking_server(tracking, directory / "observatory")
+    except BaseException:
+        broker.process.stop()  # no state file names it yet: `flops down` would not find it
+        raise
     if observatory_pid:
         services["observatory"] = {
             "pid": observatory_pid,
@@ -124,6 +150,7 @@ def up(settings: StackSettings) -> dict[str, Any]:
         "manager_url": url,
         "tracking_url": tracking,
         "mqtt": f"127.0.0.1:{broker_port}",
+        "broker": broker.description,
         "admin_token_file": str(admin_token_file(home)),
         "services": services,
         "started_at": time.time(),

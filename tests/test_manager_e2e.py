@@ -143,3 +143,27 @@ def test_cli_dry_run_checks_and_starts_nothing(manager: Manager, digits_repo: Pa
     assert refused.returncode == 2 and "no-such-branch" in refused.stdout, refused.stdout + refused.stderr
     assert '"stage"' in refused.stdout
     assert len(manager.call("GET", "/api/flops/projects").json()) == count
+
+
+# Pins of the example's conda.yaml that clash with the platform, directly or transitively.
+FLOPS_STYLE_RELAXED = ("numpy==1.26.4", "scipy==1.11.4", "tqdm==4.65.0", "protobuf==3.20.3", "cffi==1.16.0")
+
+
+def test_a_flops_style_repository_trains_unmodified(manager: Manager, tmp_path: Path) -> None:
+    """set_format("numpy") + reshape, mlflow.autolog() in model_manager.py, a Python 3.10 conda.yaml."""
+    repo = make_git_repo(EXAMPLES / "digits-flops-style", tmp_path / "digits-flops-style")
+    answer = manager.call("POST", "/api/flops/projects", json=sla(repo, rounds=3))
+    assert answer.status_code == 200, answer.text
+    project = manager.wait_for(answer.json()["project_id"], FINAL, timeout=900)
+    assert project["status"] == "completed", (project["error"], manager.log())
+    assert [r["round"] for r in project["rounds"]] == [1, 2, 3]
+    assert project["rounds"][-1]["accuracy"] > 0.8
+    warnings = "\n".join(project["build"]["dependency_warnings"])
+    for pin in FLOPS_STYLE_RELAXED:
+        assert pin in warnings, warnings
+    assert "mlflow==2.12.2 dropped" in warnings and "python=3.10.14 ignored" in warnings
+    events = manager.call("GET", f"/api/flops/projects/{project['project_id']}/events").json()
+    assert any(e["event"] == "dependencies" and "scipy==1.11.4" in e["message"] for e in events)
+    # The learners' mlflow calls did nothing: no tracking files anywhere the project ran.
+    strays = [p for p in manager.home.rglob("*") if p.name in ("mlruns", "mlflow.db")]
+    assert strays == []

@@ -42,7 +42,7 @@ def up_command() -> None:
         raise fail(str(error)) from error
     console.print(f"manager:     {state['manager_url']}")
     console.print(f"MLflow UI:   {state['tracking_url']}")
-    console.print(f"MQTT broker: {state['mqtt']} (password-protected)")
+    console.print(f"MQTT broker: {state['mqtt']}, {state.get('broker', 'Mosquitto')} (password-protected)")
     console.print(f"admin token: {state['admin_token_file']} (or set FLOPS_TOKEN)")
 
 
@@ -86,7 +86,8 @@ def status_command(
     table.add_column("state")
     table.add_column("where")
     running = stack.running_services()
-    where = {"manager": state["manager_url"], "observatory": state["tracking_url"], "broker": state["mqtt"]}
+    broker = f"{state['mqtt']} ({state['broker']})" if state.get("broker") else state["mqtt"]
+    where = {"manager": state["manager_url"], "observatory": state["tracking_url"], "broker": broker}
     for name, alive in running.items():
         table.add_row(name, "[green]running[/green]" if alive else "[red]stopped[/red]", where.get(name, ""))
     console.print(table)
