@@ -1,9 +1,11 @@
 """MLflow tracking of one federated training, the way an ML engineer expects to find it.
 
-One experiment per project; a parent run per training carrying the parameters, system
-metrics and per-round curves (`step=round`); one nested child run per round (FLOps's one row
-per round); the best global model logged with its flavor, a signature and requirements, and
-registered in the Model Registry. Only the aggregator imports this module.
+One experiment per project *name* (the SLA's `project_name`, else the repository's name: the
+same name as the registered model), tagged as a model-training experiment; in it, per
+training, one `training-<project id>` run with the parameters, system metrics, per-round curves
+(`step=round`) and the best model, registered in the Model Registry; and one `round-N` run per
+round (FLOps's one row per round), a top-level run so the runs table shows it as a row. Every
+run carries the project id as tag `flops.project_id`. Only the aggregator imports this module.
 """
 
 import time
@@ -13,12 +15,28 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from flops.tracking_server import run_url
 from flops.training import ModelFlavor, RoundReport, TrainingSpec
+
+# MLflow 3's experiment kind: "custom_model_development" is the UI's "Machine learning" kind
+# (the other kinds it knows: genai_development, finetuning, regression, ...).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+PROJECT_TAG = "flops.project_id"
+ROLE_TAG = "flops.role"
+ROUND_TAG = "flops.round"
+TRAINING_RUN_TAG = "flops.training_run_id"
+EXPERIMENT_NOTE = (
+    "Federated training with FLOps. Per training: one `training-<project id>` run with the "
+    "parameters, the per-round curves (step = round), system metrics and the best model; one "
+    "`round-N` run per round. Every run carries its project id as tag `flops.project_id`."
+)
 
 ROUND_METRICS = ("loss", "accuracy", "local_loss", "local_accuracy")
 
@@ -58,7 +76,7 @@ def round_metrics(report: RoundReport) -> dict[str, float]:
 
 
 class MlflowTracker:
-    """Owns the parent run of one training from start to end.
+    """Owns the `training-<project id>` run of one training (`parent_run_id`) from start to end.
 
     Uses the explicit client API rather than MLflow's thread-local "active run", so the run can
     be opened in a background thread while the first round already trains.
@@ -69,12 +87,9 @@ class MlflowTracker:
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
-        experiment = self.client.get_experiment_by_name(spec.project_id)
-        self.experiment_id: str = (
-            experiment.experiment_id if experiment else self.client.create_experiment(spec.project_id)
-        )
-        tags = {"flops.project_id": spec.project_id, "flops.role": "training"}
-        run = self.client.create_run(self.experiment_id, run_name="training", tags=tags)
+        self.experiment_id: str = open_experiment(self.client, spec)
+        tags = {PROJECT_TAG: spec.project_id, ROLE_TAG: "training"}
+        run = self.client.create_run(self.experiment_id, run_name=f"training-{spec.project_id}", tags=tags)
         self.parent_run_id: str = run.info.run_id
         params = [Param(key, value) for key, value in training_params(spec).items()]
         self.client.log_batch(self.parent_run_id, params=params)
@@ -82,26 +97,23 @@ class MlflowTracker:
         self._system_metrics.start()
 
     def log_round(self, report: RoundReport) -> str:
+        """One `round-N` run, and the round's point on the training run's curves (both at step N)."""
         metrics = round_metrics(report)
         tags = {
-            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            "flops.project_id": self.spec.project_id,
-            "flops.round": str(report.round),
+            PROJECT_TAG: self.spec.project_id,
+            ROLE_TAG: "round",
+            ROUND_TAG: str(report.round),
+            TRAINING_RUN_TAG: self.parent_run_id,
         }
         if report.failures:
             tags["flops.failures"] = "; ".join(report.failures)[:5000]
-        child = self.client.create_run(self.experiment_id, run_name=f"round-{report.round}", tags=tags)
+        round_run = self.client.create_run(self.experiment_id, run_name=f"round-{report.round}", tags=tags)
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            child.info.run_id,
-            metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
-            params=[Param("round", str(report.round))],
-        )
-        self.client.set_terminated(child.info.run_id, "FINISHED")
-        self.client.log_batch(
-            self.parent_run_id, metrics=[Metric(key, value, now, report.round) for key, value in metrics.items()]
-        )
-        return str(child.info.run_id)
+        points = [Metric(key, value, now, report.round) for key, value in metrics.items()]
+        self.client.log_batch(round_run.info.run_id, metrics=points, params=[Param("round", str(report.round))])
+        self.client.set_terminated(round_run.info.run_id, "FINISHED")
+        self.client.log_batch(self.parent_run_id, metrics=points)
+        return str(round_run.info.run_id)
 
     def log_model(self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]) -> LoggedModel:
         """Log and register the best model; `code_paths` carry the user's modules along."""
@@ -141,7 +153,47 @@ class MlflowTracker:
         self.client.set_terminated(self.parent_run_id, "FINISHED" if succeeded else "FAILED")
 
     def run_url(self) -> str:
-        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        return run_url(self.tracking_uri, self.experiment_id, self.parent_run_id)
+
+
+def experiment_name(spec: TrainingSpec) -> str:
+    return spec.experiment_name or spec.model_name
+
+
+def open_experiment(client: MlflowClient, spec: TrainingSpec) -> str:
+    """The id of the project's experiment, created (or tagged) as a model-training experiment.
+
+    Projects with the same name share the experiment, as they share the registered model: each
+    training is its own `training-<project id>` run. An experiment of that name that was
+    deleted in MLflow is left alone: the training goes to `<name> (<project id>)` instead.
+    """
+    name = experiment_name(spec)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        name = f"{name} ({spec.project_id})"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`) or purge it (`mlflow gc`)"
+            )
+    if experiment is None:
+        tags = {
+            EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND,
+            PROJECT_TAG: spec.project_id,
+            MLFLOW_RUN_NOTE: EXPERIMENT_NOTE,
+        }
+        try:
+            return str(client.create_experiment(name, tags=tags))
+        except MlflowException as error:  # another training created it in the meantime
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise error from None
+    experiment_id = str(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    client.set_experiment_tag(experiment_id, PROJECT_TAG, spec.project_id)  # the latest project trained here
+    return experiment_id
 
 
 def _flavor_module(flavor: ModelFlavor) -> Any:

@@ -1,4 +1,4 @@
-"""Makes sure an MLflow tracking server answers, starting the observatory when it may.
+"""Makes sure an MLflow tracking server answers, starting the observatory when it may; links into its UI.
 
 Only a loopback HTTP address is started automatically: a remote tracking server that does
 not answer is a configuration error for the user to fix, not something to paper over.
@@ -15,10 +15,23 @@ from flops.processes import ManagedProcess
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 START_TIMEOUT_S = 90.0
+# MLflow 3's UI has two modes, "GenAI" (its default, per browser) and "Model training"; this
+# query opens a link in the latter, on the runs table, whatever the browser last chose.
+UI_MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 
 
 class TrackingServerError(RuntimeError):
     """The tracking server neither answers nor can be started here."""
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, in the UI's model-training mode."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_MODEL_TRAINING_QUERY}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of one run, in the UI's model-training mode."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODEL_TRAINING_QUERY}"
 
 
 def tracking_healthy(uri: str) -> bool:

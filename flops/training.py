@@ -48,6 +48,12 @@ class TrainingSpec(BaseModel):
 
     project_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model_name: str = Field(min_length=1, description="Model Registry name for the best model")
+    experiment_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="MLflow experiment the training is tracked in; default: `model_name` (the project's name)",
+    )
     model_flavor: ModelFlavor = ModelFlavor.SKLEARN
     rounds: int = Field(default=3, ge=1, le=10_000)
     min_available_clients: int = Field(default=1, ge=1)
@@ -92,6 +98,15 @@ class RoundReport(BaseModel):
     failures: list[str] = Field(default_factory=list)
     duration_s: float = 0.0
     run_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The round aggregated and evaluated: the aggregator sets its duration only then.
+
+        A round in which too few learners succeeded is reported too, with its failures, but it
+        produced no model and does not count as done.
+        """
+        return self.duration_s > 0
 
 
 class TrainingSummary(BaseModel):

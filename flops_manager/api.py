@@ -30,6 +30,7 @@ from flops.data.partition import Scheme, partition
 from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, ProjectSLA, SLAError, parse_sla
+from flops.tracking_server import experiment_url, run_url
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
 from flops_manager.controller import Controller
 from flops_manager.models import Project, ProjectStatus
@@ -379,7 +380,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
         "status": project.status.value,
         "created_at": project.created_at,
         "updated_at": project.updated_at,
-        "rounds_done": len(project.rounds),
+        "rounds_done": sum(1 for report in project.rounds if report.finished),
         "error": project.error.model_dump() if project.error else None,
         "model": {"name": project.model_name, "version": project.model_version},
     }
@@ -401,12 +402,13 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
                 "experiment_id": training.experiment_id if training else None,
                 "run_id": training.parent_run_id if training else None,
                 "experiment_url": (
-                    f"{project.tracking_url}/#/experiments/{training.experiment_id}"
-                    if training and training.experiment_id else None
+                    experiment_url(project.tracking_url, training.experiment_id)
+                    if project.tracking_url and training and training.experiment_id else None
                 ),
                 "run_url": (
-                    f"{project.tracking_url}/#/experiments/{training.experiment_id}/runs/{training.parent_run_id}"
-                    if training and training.parent_run_id else None
+                    run_url(project.tracking_url, training.experiment_id, training.parent_run_id)
+                    if project.tracking_url and training and training.experiment_id and training.parent_run_id
+                    else None
                 ),
             },
             "model": {

@@ -17,6 +17,10 @@ from flops.runtime_env import process_env
 
 DEFAULT_PORT = 7027
 DEFAULT_HOME = Path.home() / ".flops" / "observatory"
+# MLflow 3 starts eight job-runner processes for its GenAI features (judges, issue detection,
+# trace roll-ups), about 1.5 GB together, unless told not to. Model training uses none of
+# them; a deployment that wants them sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+SERVER_ENV_DEFAULTS: Mapping[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ObservatorySettings(BaseModel):
@@ -81,11 +85,16 @@ def server_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with FLOps's MLflow server defaults where `env` does not set them."""
+    return {**SERVER_ENV_DEFAULTS, **env}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, ObservatorySettings.from_env(os.environ))
     command = server_command(args)
     print(f"flops-observatory: MLflow on http://{args.host}:{args.port}", flush=True)
-    os.execve(command[0], command, process_env())
+    os.execve(command[0], command, server_env(process_env()))
 
 
 if __name__ == "__main__":

@@ -166,6 +166,15 @@ def test_submit_answers_at_once_and_never_fetches_the_repository(api: Api, digit
     assert view["components"] == [] and view["build"] is None
 
 
+def test_rounds_done_counts_only_rounds_that_produced_a_model(api: Api, digits_repo: Path) -> None:
+    project_id = api.call("POST", "/api/flops/projects", json=sla(digits_repo)).get_json()["project_id"]
+    done = {"round": 1, "accuracy": 0.9, "loss": 0.3, "learners": 2, "duration_s": 1.5}
+    all_failed = {"round": 2, "learners": 0, "failures": ["node-1: ValueError", "node-2: ValueError"]}
+    api.store.update(project_id, {"rounds": [done, all_failed]})
+    view = api.call("GET", f"/api/flops/projects/{project_id}").get_json()
+    assert view["rounds_done"] == 1 and [r["round"] for r in view["rounds"]] == [1, 2]
+
+
 def test_a_retried_stage_shows_in_the_project(api: Api, digits_repo: Path) -> None:
     project_id = api.call("POST", "/api/flops/projects", json=sla(digits_repo)).get_json()["project_id"]
     assert "retry" not in api.call("GET", f"/api/flops/projects/{project_id}").get_json()
