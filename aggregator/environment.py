@@ -14,6 +14,18 @@ from flops.mqtt import MqttSettings
 
 STATE_DIR_ENV = "FLOPS_AGGREGATOR_STATE_DIR"
 TRACKING_URI_ENV = "FLOPS_TRACKING_URI"
+# MLflow's own variable: where any MLflow call of this process goes when nothing else says.
+MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+USER_MLRUNS_DIR = "user-mlruns"
+
+
+def mlflow_fallback_uri(tracking_uri: str, state_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI of the ServerApp: the tracking server, else a folder of the state directory.
+
+    MLflow's default is `sqlite:///mlflow.db` in the working directory; no call of the
+    aggregator process (user code that imports MLflow inside a function included) may land there.
+    """
+    return tracking_uri or (state_dir / USER_MLRUNS_DIR).resolve().as_uri()
 
 
 class ServerAppSettings(BaseModel):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from aggregator.environment import STATE_DIR_ENV, TRACKING_URI_ENV
+from aggregator.environment import MLFLOW_TRACKING_URI_ENV, STATE_DIR_ENV, TRACKING_URI_ENV, mlflow_fallback_uri
 from flops.app_bundle import build_app_dir
 from flops.ml_repo.contract import ContractError, validate_repository
 from flops.net import free_port, port_open, wait_until
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "FLWR_HOME": str(home),
         STATE_DIR_ENV: str(state_dir),
         TRACKING_URI_ENV: args.tracking_uri,
+        MLFLOW_TRACKING_URI_ENV: mlflow_fallback_uri(args.tracking_uri, state_dir),
     }
     os.environ["FLWR_HOME"] = str(home)
     preload_flower_cli()

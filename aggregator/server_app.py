@@ -4,6 +4,12 @@ Settings that are the aggregator's alone (where state goes, the tracking server,
 broker) come from the environment of `flops-aggregator`, which Flower passes down to this
 process and `main` reads once; the training itself comes from the run config, which
 learners see too.
+
+User code never tracks here either: the user's modules are imported while the inert MLflow
+(`flops.ml_repo.inert_mlflow`) answers `import mlflow`, so an `mlflow.autolog()` or
+`mlflow.log_metric()` in them does nothing, and only `aggregator.tracking` uses the real one.
+`flops-aggregator` also points MLFLOW_TRACKING_URI at the tracking server (without one: a
+folder in the state directory), so nothing can write `mlruns/` or `mlflow.db` into the cwd.
 """
 
 import os
@@ -23,6 +29,7 @@ from aggregator.environment import ServerAppSettings
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
+from flops.ml_repo.inert_mlflow import inert_mlflow
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
@@ -260,7 +267,9 @@ def run_training(
     session: TrainingSession | None = None
     try:
         session = TrainingSession(spec, progress, tracking_uri)
-        with user_code("aggregator"):
+        # User code imported here binds the inert MLflow (`import mlflow; mlflow.autolog()` at the
+        # top of model_manager.py): it never tracks, the platform's own tracking is the real MLflow.
+        with user_code("aggregator"), inert_mlflow():
             manager_class = load_model_manager_class()
             initial = [np.asarray(p) for p in manager_class().get_model_parameters()]
         strategy = build_strategy(spec, base=RoundHooks)
@@ -322,6 +331,7 @@ def _completed_summary(
             summary.model_uri = logged.model_uri
             summary.registered_model_name = logged.registered_name
             summary.registered_model_version = logged.registered_version
+            summary.model_input = logged.input
             session.progress.emit(ProgressEvent(kind="model", message=logged.model_uri))
     _fill_tracking(summary, session)
     summary.duration_s = time.time() - started

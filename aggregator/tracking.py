@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from flops.tracking_server import run_url
-from flops.training import ModelFlavor, RoundReport, TrainingSpec
+from flops.training import ModelFlavor, ModelInput, RoundReport, TrainingSpec
 
 # MLflow 3's experiment kind: "custom_model_development" is the UI's "Machine learning" kind
 # (the other kinds it knows: genai_development, finetuning, regression, ...).
@@ -46,6 +46,7 @@ class LoggedModel:
     model_uri: str
     registered_name: str | None
     registered_version: str | None
+    input: ModelInput | None = None
 
 
 def training_params(spec: TrainingSpec) -> dict[str, str]:
@@ -144,6 +145,7 @@ class MlflowTracker:
             model_uri=info.model_uri,
             registered_name=self.spec.model_name if version is not None else None,
             registered_version=str(version) if version is not None else None,
+            input=model_input(signature),
         )
 
     def finish(self, succeeded: bool, error: str | None = None) -> None:
@@ -210,10 +212,35 @@ def _flavor_module(flavor: ModelFlavor) -> Any:
     return mlflow.tensorflow
 
 
+def model_input(signature: Any) -> ModelInput | None:
+    """The input a signature describes: one tensor's shape and type, or a table's columns."""
+    schema = getattr(signature, "inputs", None)
+    if schema is None or not schema.inputs:
+        return None
+    if schema.is_tensor_spec():
+        spec = schema.inputs[0]
+        return ModelInput(shape=[int(n) for n in spec.shape], dtype=_type_name(spec.type))
+    return ModelInput(shape=[-1, len(schema.inputs)], dtype=_type_name(schema.inputs[0].type))
+
+
+def _type_name(kind: Any) -> str:
+    """`float64` for a NumPy dtype, `double` for an MLflow column type."""
+    return str(getattr(kind, "name", kind))
+
+
+def _input_width(model: Any) -> int | None:
+    """Fitted estimators know their width; FLOps-style managers set linear weights (`coef_`) by hand."""
+    if hasattr(model, "n_features_in_"):
+        return int(model.n_features_in_)
+    coef = getattr(model, "coef_", None)
+    return int(np.shape(coef)[-1]) if coef is not None and np.ndim(coef) >= 1 else None
+
+
 def _signature(model: Any, flavor: ModelFlavor, example: Any | None) -> Any:
     """A signature from a synthetic input example: no node data reaches the aggregator."""
-    if example is None and flavor is ModelFlavor.SKLEARN and hasattr(model, "n_features_in_"):
-        example = np.zeros((2, int(model.n_features_in_)))
+    width = _input_width(model) if example is None and flavor is ModelFlavor.SKLEARN else None
+    if width:
+        example = np.zeros((2, width))
     if example is None:
         return None
     try:

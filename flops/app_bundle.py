@@ -3,7 +3,8 @@
 The folder holds the repository's code plus two tiny shim modules naming our ServerApp and
 ClientApp. Flower ships the folder (its FAB) to every SuperNode, so learners get the user
 code of exactly this run; each side imports only its own half (the ClientApp shim never
-touches the aggregator, so learners need no MLflow).
+touches the aggregator, so learners need no MLflow, and it installs the inert MLflow of
+`flops.ml_repo.inert_mlflow` first, so user code that imports `mlflow` logs nothing there).
 """
 
 import hashlib
@@ -22,11 +23,16 @@ SKIPPED_DIRS = {".git", ".venv", "venv", "__pycache__", ".flwr", ".flops", "data
 _SHIM = '''"""{role} of this FLOps run (generated)."""
 
 import importlib
-
+{prelude}
 app = importlib.import_module("{module}").app
 '''
-_SERVER_SHIM = _SHIM.format(role="ServerApp", module="aggregator.server_app")
-_CLIENT_SHIM = _SHIM.format(role="ClientApp", module="learner.client_app")
+_SERVER_SHIM = _SHIM.format(role="ServerApp", module="aggregator.server_app", prelude="")
+# Learners never track: before anything can import user code, `mlflow` becomes the inert stand-in.
+_CLIENT_SHIM = _SHIM.format(
+    role="ClientApp",
+    module="learner.client_app",
+    prelude='\nimportlib.import_module("flops.ml_repo.inert_mlflow").install()\n',
+)
 
 
 def build_app_dir(repo: Path, dest: Path, spec: TrainingSpec) -> Path:

@@ -109,6 +109,13 @@ class RoundReport(BaseModel):
         return self.duration_s > 0
 
 
+class ModelInput(BaseModel):
+    """What the registered model takes, from its signature: a batch of `shape` (-1: any size)."""
+
+    shape: list[int]
+    dtype: str
+
+
 class TrainingSummary(BaseModel):
     """The end of a training, printed by `flops train --json` and kept by the manager."""
 
@@ -125,6 +132,7 @@ class TrainingSummary(BaseModel):
     model_uri: str | None = None
     registered_model_name: str | None = None
     registered_model_version: str | None = None
+    model_input: ModelInput | None = None
     tracking_uri: str | None = None
     duration_s: float = 0.0
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -415,6 +415,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
                 "name": project.model_name,
                 "version": project.model_version,
                 "uri": training.model_uri if training else None,
+                "input": training.model_input.model_dump() if training and training.model_input else None,
                 "registered_uri": (
                     f"models:/{project.model_name}/{project.model_version}" if project.model_version else None
                 ),

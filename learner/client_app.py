@@ -2,6 +2,7 @@
 
 Flower starts a fresh process per message, so the user's module is imported and the node's
 data loaded for each one; nothing is cached between rounds on purpose (no state to leak).
+User code gets the inert MLflow (`learner.user_code.inert_tracking`) before it is imported.
 """
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from flops.ml_repo.loader import load_model_manager_class, user_code
 from flops.training import SPEC_RUN_CONFIG_KEY, TrainingSpec
-from learner.user_code import ModelRunner, NodeContext
+from learner.user_code import ModelRunner, NodeContext, inert_tracking
 
 # Keys of the node config that `flops-learner` sets on its SuperNode.
 NODE_NAME_KEY = "node-name"
@@ -43,6 +44,7 @@ def user_config(spec: TrainingSpec, config: ConfigRecord | None) -> dict[str, An
 def _runner(context: Context) -> tuple[ModelRunner, TrainingSpec]:
     spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
     node = node_context(context, spec)
+    inert_tracking()
     with user_code(node.node_name):
         manager_class = load_model_manager_class()
     return ModelRunner(node, manager_class), spec

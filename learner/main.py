@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     command = supernode_command(args)
     report(settings, args.node_name, EventName.JOINED)
-    print(f"flops-learner {args.node_name}: joining {args.superlink}", flush=True)
+    print(f"flops-learner {args.node_name}: joining {args.superlink} (python {sys.executable})", flush=True)
     os.execve(command[0], command, process_env())
 
 

@@ -3,6 +3,9 @@
 Kept free of Flower types so it can be tested directly. Every failure inside user code
 becomes a `UserCodeError` that names the node, the place in the user's file and the
 exception, because that is what the person reading the aggregator's error needs.
+
+Learners never track: `inert_tracking()` gives user code an inert MLflow
+(`flops.ml_repo.inert_mlflow`) before it is imported, even where the real one is importable.
 """
 
 import inspect
@@ -16,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from flops.data.node_data import NodeDataSettings, missing_tags
+from flops.ml_repo.inert_mlflow import install as install_inert_mlflow
 from flops.ml_repo.loader import UserCodeError, user_code
 
 Arrays = list[NDArray[Any]]
@@ -42,6 +46,16 @@ class EvaluateOutcome:
     loss: float
     accuracy: float
     num_examples: int
+
+
+def inert_tracking() -> None:
+    """From now on in this process, user code's `import mlflow` gets the inert MLflow.
+
+    Also tells libraries that look for MLflow themselves (transformers' Trainer) to leave it
+    alone. Idempotent; call it before the user's modules are imported.
+    """
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+    install_inert_mlflow()
 
 
 def _accepts_config(method: Any) -> bool:

@@ -19,15 +19,18 @@ import pytest
 from flops.data.node_data import DATA_DIR_ENV, DATA_TAGS_ENV
 from flops.data.partition import Scheme, node_name, partition
 from flops.ml_repo.contract import check_repository
+from flops.ml_repo.inert_mlflow import inert_mlflow, is_inert
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Every example has modules of these names, so each test imports them afresh.
 SHARED_MODULES = ("model_manager", "data_manager")
+# Where the examples run in this process: no tracking files may appear here.
+TRACKING_LEFTOVERS = ("mlruns", "mlflow.db")
 
 
 @pytest.fixture
 def load_example(monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """Import an example's `model_manager` the way the platform does: from its folder."""
+    """Import an example's `model_manager` the way a learner does: from its folder, MLflow inert."""
 
     def forget() -> None:
         for name in SHARED_MODULES:
@@ -36,7 +39,8 @@ def load_example(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     def load(name: str) -> ModuleType:
         forget()
         monkeypatch.syspath_prepend(str(EXAMPLES / name))
-        return importlib.import_module("model_manager")
+        with inert_mlflow():  # `import mlflow` in user code binds the learner's inert MLflow
+            return importlib.import_module("model_manager")
 
     yield load
     forget()
@@ -136,11 +140,15 @@ def test_digits_sklearn_learns(load_example, digits_nodes, monkeypatch) -> None:
     assert manager.get_model().predict(example).shape == (2,)
 
 
-def test_digits_flops_style_learns(load_example, digits_nodes, monkeypatch) -> None:
+def test_digits_flops_style_learns(load_example, digits_nodes, monkeypatch, tmp_path) -> None:
+    """datasets 2.x-style `set_format("numpy")` + `reshape`, and `mlflow.autolog()` that does nothing."""
+    monkeypatch.chdir(tmp_path)
     module = load_example("digits-flops-style")
+    assert is_inert(module.mlflow)
     assert not inspect.signature(module.ModelManager.fit_model).parameters.keys() - {"self"}
     parameters, accuracy = fedavg(module, digits_nodes, "digits", 3, monkeypatch)
     assert accuracy > 0.85
+    assert not [name for name in TRACKING_LEFTOVERS if (tmp_path / name).exists()]
     assert_fresh_shapes_match(module, parameters)
 
 

@@ -1,5 +1,6 @@
 """The learner side: the user's ModelManager driven per message, errors, FedProx, no MLflow."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 
 from flops.data.partition import partition
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class
+from flops.training import SPEC_RUN_CONFIG_KEY, TrainingSpec
 from learner.user_code import ModelRunner, NodeContext, proximal_step
 from tests.conftest import EXAMPLES, ROOT
 
@@ -127,3 +129,113 @@ def test_learner_code_path_never_imports_mlflow(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok ")
+
+
+TRACKING_REPO = """
+import mlflow
+import mlflow.sklearn
+import numpy as np
+from mlflow.models import infer_signature
+from sklearn.linear_model import LogisticRegression
+
+from flops.data.node_data import load_dataset
+
+mlflow.autolog()  # FLOps repositories do this at import time
+mlflow.sklearn.autolog(log_models=False)
+
+
+class ModelManager:
+    def __init__(self):
+        self.model = LogisticRegression(max_iter=50)
+
+    def set_model_data(self):
+        data = load_dataset().with_format("numpy")[:]
+        self.x = np.asarray(data["image"], dtype=float).reshape(len(data["label"]), -1) / 16.0
+        self.y = np.asarray(data["label"])
+
+    def get_model(self):
+        return self.model
+
+    def get_model_parameters(self):
+        return [np.zeros((10, 64)), np.zeros(10)]
+
+    def set_model_parameters(self, parameters):
+        self.model.classes_ = np.arange(10)
+        self.model.coef_, self.model.intercept_ = (np.array(p, dtype=float) for p in parameters)
+
+    def fit_model(self):
+        mlflow.set_tracking_uri("http://127.0.0.1:9")
+        mlflow.set_experiment("learner")
+        with mlflow.start_run(run_name="local-fit"):
+            mlflow.log_params({"max_iter": 50})
+            self.model.fit(self.x, self.y)  # autolog would create a run and log here
+            mlflow.log_metric("train_accuracy", self.model.score(self.x, self.y))
+            mlflow.set_tag("node", "learner")
+            infer_signature(self.x[:2], self.model.predict(self.x[:2]))
+        return len(self.y)
+
+    def evaluate_model(self):
+        return 0.0, float(self.model.score(self.x, self.y)), len(self.y)
+"""
+
+
+def test_client_app_trains_user_code_that_tracks_with_inert_mlflow(tmp_path: Path) -> None:
+    """The real ClientApp on a real train message: `import mlflow; mlflow.autolog()` and logging in fit.
+
+    The platform venv has the real MLflow; a finder that refuses it proves it is never looked up.
+    """
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    repo.mkdir()
+    work.mkdir()
+    (repo / "model_manager.py").write_text(TRACKING_REPO)
+    partition("digits", 1, "digits", tmp_path / "data")
+    spec = TrainingSpec(project_id="inert", model_name="inert", rounds=1, data_tags=["digits"])
+    script = textwrap.dedent(
+        f"""
+        import socket, sys
+
+        class NoRealMlflow:
+            def find_spec(self, name, path=None, target=None):
+                if name == "mlflow" or name.startswith("mlflow."):
+                    raise ImportError("the real " + name + " was looked up")
+                return None
+
+        sys.meta_path.insert(0, NoRealMlflow())
+        sys.path.insert(0, {str(repo)!r})
+        import numpy as np
+        from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+        import learner.client_app as client_app
+        from flops.ml_repo.inert_mlflow import is_inert
+
+        def refuse(*a, **k):
+            raise AssertionError("a socket was used")
+        for method in ("connect", "connect_ex", "bind", "sendto"):
+            setattr(socket.socket, method, refuse)
+        socket.create_connection = refuse
+        from flwr.supercore.task_identity import TaskIdentity  # what Flower sets in its app processes
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        node_config = {{"node-name": "node-1", "data-dir": {str(tmp_path / "data" / "node-1")!r}}}
+        run_config = {{{SPEC_RUN_CONFIG_KEY!r}: {spec.model_dump_json()!r}}}
+        context = Context(run_id=1, node_id=1, state=RecordDict(), node_config=node_config, run_config=run_config)
+        arrays = ArrayRecord([np.zeros((10, 64)), np.zeros(10)])
+        content = RecordDict({{"arrays": arrays, "config": ConfigRecord({{}})}})
+        reply = client_app.train(Message(content=content, dst_node_id=1, message_type="train"), context)
+        metrics = reply.content.metric_records["metrics"]
+        assert is_inert(sys.modules["mlflow"]) and is_inert(sys.modules["model_manager"].mlflow)
+        print("ok", metrics["num-examples"], metrics["local-accuracy"])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    word, examples, accuracy = result.stdout.split()
+    assert word == "ok" and int(examples) > 1000 and float(accuracy) > 0.9
+    assert list(work.iterdir()) == []  # no mlruns/, no mlflow.db

@@ -1,23 +1,66 @@
-"""`flops train` end to end: real SuperLink/SuperNode processes and a real MLflow server."""
+"""`flops train` end to end: the image builder, real SuperLink/SuperNode processes and a real MLflow server."""
 
 import json
+import os
+import re
+import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 
 from flops.data.partition import partition
-from tests.conftest import EXAMPLES, run_flops
+from tests.conftest import BIN, EXAMPLES, run_flops
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
 
 
+@pytest.fixture(scope="module")
+def flops_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One FLOPS_HOME for the module: `flops train` builds environments there, and reuses them."""
+    home = tmp_path_factory.mktemp("train-home") / "flops-home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOPS_HOME", str(home))
+        yield home
+
+
 def summary_of(result_stdout: str) -> dict:
     return json.loads(result_stdout.strip().splitlines()[-1])
+
+
+def run_flops_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "flops"), *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=dict(os.environ)
+    )
+
+
+# digits-sklearn, the way FLOps repositories track: MLflow at import time and inside fit.
+TRACKING_PRELUDE = """
+import mlflow
+import mlflow.sklearn
+from mlflow.models import infer_signature
+
+mlflow.autolog()
+mlflow.sklearn.autolog(log_models=False)
+"""
+TRACKING_FIT = """        mlflow.set_experiment("learner-side")
+        with mlflow.start_run(run_name="local-fit"):
+            mlflow.log_params({"C": 1.0})
+            mlflow.log_metric("rows", 1.0)
+            mlflow.set_tag("side", "learner")
+            infer_signature(None, None)
+"""
+TRACKING_INIT = """        with mlflow.start_run(run_name="stray"):  # the aggregator builds one too
+            mlflow.log_param("created", 1)
+"""
 
 
 def test_digits_sklearn_two_learners_three_rounds(mlflow_server: str, digits_nodes: Path, flops_home: Path) -> None:
@@ -36,7 +79,10 @@ def test_digits_sklearn_two_learners_three_rounds(mlflow_server: str, digits_nod
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("digits-e2e")
     assert experiment is not None
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    # Round runs are top-level rows, linked to the training run by a tag (aggregator/tracking.py).
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`flops.training_run_id` = '{summary['parent_run_id']}'"
+    )
     assert sorted(run.info.run_name for run in children) == ["round-1", "round-2", "round-3"]
     for run in children:
         assert {"loss", "accuracy", "local_accuracy", "learners", "round_duration_s"} <= set(run.data.metrics)
@@ -81,6 +127,8 @@ def test_flops_style_repository_runs_unmodified(mlflow_server: str, digits_nodes
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
     assert summary["status"] == "completed" and summary["registered_model_version"]
+    # Its conda.yaml pins Python 3.10 and MLflow 2: the build says what it did with them.
+    assert "dependency warning: conda.yaml line" in result.stderr and "python=3.10" in result.stderr
 
 
 def test_invalid_repository_is_refused_before_anything_starts(
@@ -148,3 +196,88 @@ def test_too_few_learners_times_out_clearly(mlflow_server: str, tmp_path: Path, 
     assert result.returncode == 1, result.stderr[-2000:]
     error = summary_of(result.stdout)["error"]
     assert "only 1 of 2 required learners joined within 8 s" in error
+
+
+@pytest.fixture
+def tracking_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "tracking-digits"
+    shutil.copytree(EXAMPLES / "digits-sklearn", repo, ignore=shutil.ignore_patterns("__pycache__", ".flops"))
+    source = (repo / "model_manager.py").read_text()
+    fit = "    def fit_model(self, config: dict | None = None) -> int:\n"
+    init = "    def __init__(self) -> None:\n"
+    assert fit in source and init in source
+    source = source.replace("import numpy as np\n", "import numpy as np\n" + TRACKING_PRELUDE, 1)
+    source = source.replace(fit, fit + TRACKING_FIT).replace(init, init + TRACKING_INIT)
+    (repo / "model_manager.py").write_text(source)
+    return repo
+
+
+def test_train_builds_the_environments_and_user_tracking_is_inert(
+    mlflow_server: str, tracking_repo: Path, digits_nodes: Path, flops_home: Path, tmp_path: Path
+) -> None:
+    """Learners run in the built learner environment (no MLflow), the aggregator in its own; again: reused."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    common = ["--data-dir", str(digits_nodes), "--learners", "2", "--tracking-uri", mlflow_server, "--json"]
+    started = time.monotonic()
+    first = run_flops_in(cwd, "train", str(tracking_repo), *common, "--rounds", "2", "--project-id", "inert-1")
+    first_s = time.monotonic() - started
+    assert first.returncode == 0, first.stderr[-4000:]
+    summary = summary_of(first.stdout)
+    assert summary["status"] == "completed" and summary["final_accuracy"] > 0.8, summary
+    built = re.search(r"environments (built|reused) in ([\d.]+) s: learners (\S+), aggregator (\S+)", first.stderr)
+    assert built is not None, first.stderr[-3000:]
+    learner_python, aggregator_python = Path(built.group(3)), Path(built.group(4))
+    envs = flops_home / "builds" / "envs"
+    assert learner_python.parent.parent.parent == envs and learner_python.parent.parent.name.startswith("learner-")
+    assert aggregator_python.parent.parent.name.startswith("aggregator-")
+    # Each learner process ran that interpreter, which cannot import the real MLflow.
+    logs = flops_home / "runs" / "inert-1" / "logs"
+    for node in ("node-1", "node-2"):
+        assert f"(python {learner_python})" in (logs / f"{node}.log").read_text()
+    probe = "import importlib.util as u; print(u.find_spec('mlflow') is None, u.find_spec('sklearn') is not None)"
+    assert subprocess.run([learner_python, "-c", probe], capture_output=True, text=True).stdout.split() == [
+        "True",
+        "True",
+    ]
+    # Nothing of the user's tracking went anywhere: no local store, no stray runs on the server.
+    assert list(cwd.iterdir()) == []
+    assert not (flops_home / "runs" / "inert-1" / "user-mlruns").exists()
+    client = MlflowClient(mlflow_server)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    for name in ("stray", "local-fit"):
+        assert client.search_runs(experiments, f"attributes.run_name = '{name}'") == []
+    assert client.get_experiment_by_name("learner-side") is None
+
+    started = time.monotonic()
+    again = run_flops_in(cwd, "train", str(tracking_repo), *common, "--rounds", "1", "--project-id", "inert-2")
+    print(f"flops train: first run (2 rounds) {first_s:.1f} s, second (1 round) {time.monotonic() - started:.1f} s")
+    assert again.returncode == 0, again.stderr[-4000:]
+    reused = re.search(r"environments reused in ([\d.]+) s: learners (\S+),", again.stderr)
+    assert reused is not None, again.stderr[-3000:]
+    assert Path(reused.group(2)) == learner_python
+    assert float(reused.group(1)) < 30, reused.group(0)
+    assert list(cwd.iterdir()) == []
+
+
+def test_failed_build_prints_the_whole_reason_and_starts_nothing(
+    tmp_path: Path, digits_nodes: Path, flops_home: Path
+) -> None:
+    repo = tmp_path / "unresolvable"
+    shutil.copytree(EXAMPLES / "digits-sklearn", repo, ignore=shutil.ignore_patterns("__pycache__", ".flops"))
+    (repo / "requirements.txt").write_text("numpy\nscikit-learn\nflops-no-such-package-anywhere==9.9.9\n")
+    result = run_flops(
+        "train", str(repo), "--data-dir", str(digits_nodes), "--tracking-uri", "http://127.0.0.1:9",
+        "--project-id", "unbuildable",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: the build failed at" in result.stderr
+    assert "flops-no-such-package-anywhere" in result.stderr
+    assert "training unbuildable" not in result.stderr and "observatory started" not in result.stderr
+    builders = [
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        if "image_builder.main" in " ".join(process.info["cmdline"] or [])
+        and "unbuildable" in " ".join(process.info["cmdline"] or [])
+    ]
+    assert builders == []

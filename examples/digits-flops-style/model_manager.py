@@ -1,6 +1,7 @@
 import warnings
 from typing import Any
 
+import mlflow
 import numpy as np
 from data_manager import DataManager
 from sklearn.linear_model import LogisticRegression
@@ -14,6 +15,8 @@ N_FEATURES = 64  # 8x8 pixels
 
 class ModelManager(ModelManagerTemplate):
     def __init__(self):
+        # FLOps repositories turn on MLflow's autologging; on a learner these calls do nothing.
+        mlflow.autolog()
         self.model = LogisticRegression(
             max_iter=10,  # local lbfgs iterations per round
             warm_start=True,  # start from the global weights instead of from scratch
@@ -55,6 +58,7 @@ class ModelManager(ModelManagerTemplate):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model.fit(x, y, sample_weight=weights)
+        mlflow.log_metric("train_examples", len(self.x_train))
         return len(self.x_train)
 
     def evaluate_model(self) -> tuple[Any, Any, int]:

@@ -1,6 +1,7 @@
 """`flops up/down/status/submit/projects/watch/logs/cancel/demo`: the manager from a terminal."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -188,6 +189,26 @@ def _print_dependency_warnings(out: Console, project: dict[str, Any]) -> bool:
     return True
 
 
+# A request body with up to this many numbers is printed whole, ready to paste.
+HINT_MAX_VALUES = 64
+
+
+def serving_hint(url: str, model_input: dict[str, Any] | None) -> str:
+    """How to call the served model, shaped by its signature (one zero row of its input)."""
+    command = f"serving: curl -s {url} -H 'Content-Type: application/json' -d "
+    if not model_input or not model_input.get("shape"):
+        return command + "'{\"inputs\": [...]}' (the model logged no signature: send what it was trained on)"
+    row = [max(int(n), 1) for n in model_input["shape"][1:]]
+    values = math.prod(row)
+    if values > HINT_MAX_VALUES:
+        shape = ", ".join(str(n) for n in model_input["shape"]).replace("-1", "n")
+        return command + f"'{{\"inputs\": ...}}' with a batch of shape [{shape}] ({model_input['dtype']})"
+    zeros: Any = 0.0
+    for size in reversed(row):
+        zeros = [zeros] * size
+    return command + "'" + json.dumps({"inputs": [zeros]}, separators=(",", ":")) + "'"
+
+
 def print_summary(project: dict[str, Any]) -> None:
     for role, ref in sorted((project.get("image_refs") or {}).items()):
         console.print(f"{role + ' image:':<18} {ref}")
@@ -207,10 +228,7 @@ def print_summary(project: dict[str, Any]) -> None:
     if tracking.get("run_url"):
         console.print(f"MLflow:  {tracking['run_url']}")
     if project.get("inference_url"):
-        console.print(
-            f"serving: curl -s {project['inference_url']} -H 'Content-Type: application/json' "
-            "-d '{\"inputs\": [[0.0, ... 64 pixel values / 16 ...]]}'"
-        )
+        console.print(serving_hint(project["inference_url"], model.get("input")))
 
 
 def watch_command(project_id: str = typer.Argument(...)) -> None:

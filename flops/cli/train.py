@@ -1,8 +1,12 @@
 """`flops train`: one federated training on this machine, from repository to registered model.
 
-It starts (when needed) the observatory, then the aggregator and N learners as processes,
+It builds the repository the way the manager does (the image builder's local target, run as
+a subprocess: fetch, contract check, dependency file fitted to the platform, cached learner
+and aggregator environments, reused at once when nothing changed), says which of the
+repository's pins it relaxed, starts (when needed) the observatory, then the aggregator in
+the aggregator environment and N learners in the learner environment (no MLflow there),
 follows the aggregator's progress live and tears everything down at the end, whatever
-happened. Bad input is refused before any process starts.
+happened. Bad input and failed builds are refused (exit 2) before any actor starts.
 """
 
 import json
@@ -14,24 +18,30 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from flops.actors import aggregator_command, learner_command
+from flops.actors import aggregator_command, builder_command, learner_command
+from flops.build import BuildOutcome, BuildResult
 from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
 from flops.data.partition import node_name
-from flops.ml_repo.contract import ContractError, validate_repository
-from flops.ml_repo.source import RepositoryError, fetch_repository
 from flops.net import free_port
 from flops.processes import ManagedProcess
 from flops.progress import PROGRESS_FILE, ProgressEvent, ProgressFollower, read_summary
-from flops.tracking_server import TrackingServerError, ensure_tracking_server
+from flops.tracking_server import TrackingServerError, ensure_tracking_server, run_url
 from flops.training import RoundReport, StrategyConfig, StrategyName, TrainingSpec, TrainingSummary
 
 console = Console(stderr=True, soft_wrap=True)
+BUILD_RESULT_FILE = "build-result.json"
+BUILDER_PREFIX = "[builder] "
 
 
 class TrainInputError(ValueError):
     """The request cannot start: the message says what is wrong and what to do."""
+
+
+class BuildError(RuntimeError):
+    """The repository's environments could not be built: the builder's whole reason."""
 
 
 def parse_assignments(pairs: list[str], option: str) -> dict[str, Any]:
@@ -84,9 +94,9 @@ def resolve_data_tags(node_dirs: list[Path], requested: list[str]) -> list[str]:
 class LocalTraining:
     """The processes of one training on this machine, and their teardown."""
 
-    def __init__(self, spec: TrainingSpec, repo: Path, node_dirs: list[Path], tracking: str, state_dir: Path):
+    def __init__(self, spec: TrainingSpec, build: BuildResult, node_dirs: list[Path], tracking: str, state_dir: Path):
         self.spec = spec
-        self.repo = repo
+        self.build = build
         self.node_dirs = node_dirs
         self.tracking = tracking
         self.state_dir = state_dir
@@ -103,7 +113,12 @@ class LocalTraining:
         self.aggregator = ManagedProcess(
             "aggregator",
             aggregator_command(
-                spec_file=spec_file, repo=self.repo, state_dir=self.state_dir, port=port, tracking_uri=self.tracking
+                spec_file=spec_file,
+                repo=self.build.repo_dir,
+                state_dir=self.state_dir,
+                port=port,
+                tracking_uri=self.tracking,
+                python=self.build.aggregator_python,
             ),
             self.state_dir / "logs" / "aggregator.log",
         )
@@ -112,7 +127,9 @@ class LocalTraining:
             self.learners.append(
                 ManagedProcess(
                     name,
-                    learner_command(f"127.0.0.1:{port}", folder, self.spec.data_tags, name),
+                    learner_command(
+                        f"127.0.0.1:{port}", folder, self.spec.data_tags, name, python=self.build.learner_python
+                    ),
                     self.state_dir / "logs" / f"{name}.log",
                 )
             )
@@ -151,6 +168,88 @@ class LocalTraining:
             process.stop()
 
 
+def build_environments(
+    repo: str, ref: str, project_id: str, cache_dir: Path, state_dir: Path, timeout: float
+) -> BuildResult:
+    """Run the image builder's local target, as the manager does; its result, or `BuildError`.
+
+    Its progress lines are shown as they come (stage markers and warnings aside: the result's
+    `dependency_warnings` are shown once, after it; a failure's come with its reason), its
+    whole output goes to `state_dir/logs/builder.log`. The builder stops with this function,
+    whatever happens: nothing is left running.
+    """
+    result_file = state_dir / BUILD_RESULT_FILE
+    result_file.unlink(missing_ok=True)
+    log_path = state_dir / "logs" / "builder.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")
+    command = builder_command(project_id, repo, ref or None, cache_dir, result_file)
+    # No events: this build belongs to no manager's project, whatever broker the shell names.
+    builder = ManagedProcess("builder", command, log_path, env={"FLOPS_MQTT_HOST": ""})
+    warnings: list[str] = []
+    offset = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            finished = not builder.running()
+            offset = _show_builder_lines(log_path, offset, warnings)
+            if finished:
+                break
+            if time.monotonic() > deadline:
+                raise BuildError(f"the build did not finish within {timeout:.0f} s (log: {log_path})")
+            time.sleep(0.1)
+    finally:
+        builder.stop()
+    outcome = _read_outcome(result_file)
+    if outcome is None:
+        raise BuildError(
+            f"the builder exited with code {builder.returncode()} without a result:\n{builder.log_tail(15)}"
+        )
+    if outcome.failure is not None:
+        relaxed = "".join(f"\n  warning: {warning}" for warning in warnings)
+        raise BuildError(f"the build failed at {outcome.failure.stage}: {outcome.failure.error}{relaxed}")
+    assert outcome.result is not None
+    if not outcome.result.learner_python or not outcome.result.aggregator_python:
+        raise BuildError("the builder's result names no learner or aggregator environment")
+    return outcome.result
+
+
+def _show_builder_lines(log_path: Path, offset: int, warnings: list[str]) -> int:
+    """Print the builder's new progress lines; collect its warnings; the new offset."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        chunk = log.read()
+    complete = chunk.rfind(b"\n") + 1
+    for raw in chunk[:complete].decode("utf-8", errors="replace").splitlines():
+        if not raw.startswith(BUILDER_PREFIX):
+            continue
+        line = raw.removeprefix(BUILDER_PREFIX)
+        if line.startswith("warning: "):
+            warnings.append(line.removeprefix("warning: "))
+        elif not line.endswith(": started") and ": done in " not in line and not line.startswith("FAILED"):
+            console.print(f"[dim]build: {escape(line)}[/dim]", highlight=False)
+    return offset + complete
+
+
+def _read_outcome(path: Path) -> BuildOutcome | None:
+    try:
+        return BuildOutcome.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError):
+        return None
+
+
+def _show_build(build: BuildResult, elapsed: float) -> None:
+    verb = "reused" if build.reused else "built"
+    console.print(
+        f"environments {verb} in {elapsed:.1f} s: learners {build.learner_python}, "
+        f"aggregator {build.aggregator_python}",
+        highlight=False,
+    )
+    # The pins the builder relaxed (and other dependency-file notes), as the manager records them.
+    for warning in build.dependency_warnings:
+        console.print(f"[yellow]dependency warning:[/yellow] {escape(str(warning))}", highlight=False)
+
+
 def _show(event: ProgressEvent, rounds: int) -> None:
     if event.kind == "round" and event.round is not None:
         report: RoundReport = event.round
@@ -181,50 +280,62 @@ def train_command(
     tracking: str = typer.Option("", "--tracking-uri", help="MLflow server (default: FLOPS_TRACKING_URI or :7027)"),
     flavor: str = typer.Option("sklearn", "--flavor", help="sklearn, pytorch, keras"),
     model_name: str = typer.Option("", "--model-name", help="Model Registry name (default: repo name)"),
-    project_id: str = typer.Option("", "--project-id", help="experiment name (default: repo + time)"),
+    project_id: str = typer.Option("", "--project-id", help="run id, tag flops.project_id (default: repo + time)"),
+    experiment: str = typer.Option("", "--experiment", help="MLflow experiment (default: the model name)"),
     learner_timeout: float = typer.Option(120.0, "--learner-timeout", help="seconds to wait for learners"),
     timeout: float = typer.Option(3600.0, "--timeout", help="overall limit in seconds"),
+    build_timeout: float = typer.Option(1800.0, "--build-timeout", help="seconds the environments may take to build"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on the last line"),
 ) -> None:
     """Train REPO federatedly with N local learners and track it in MLflow."""
     home = flops_home()
     try:
-        fetched = fetch_repository(repo, ref or None, home / "repos")
-        validate_repository(fetched.path)
         node_dirs = node_data_dirs(data_dir.resolve(), learners)
         tags = resolve_data_tags(node_dirs, [t for tag in data_tags for t in tag.split(",") if t])
-        name = model_name or Path(fetched.url.rstrip("/")).name.removesuffix(".git") or "model"
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        strategy_parameters = parse_assignments(strategy_param, "--strategy-param")
+        hyperparameters = parse_assignments(hyperparameter, "--hp")
+    except TrainInputError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    local = Path(repo).expanduser()
+    repo_url = str(local.resolve()) if local.is_dir() else repo
+    name = model_name or Path(repo_url.rstrip("/")).name.removesuffix(".git") or "model"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_id = project_id or f"{name}-{stamp}"
+    state_dir = home / "runs" / run_id
+    started = time.monotonic()
+    try:
+        build = build_environments(repo_url, ref, run_id, home / "builds", state_dir, build_timeout)
+    except BuildError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from error
+    _show_build(build, time.monotonic() - started)
+    try:
         spec = TrainingSpec(
-            project_id=project_id or f"{name}-{stamp}",
+            project_id=run_id,
             model_name=name,
+            experiment_name=experiment or None,
             model_flavor=flavor,  # type: ignore[arg-type]
             rounds=rounds,
             min_available_clients=min_available or learners,
             min_fit_clients=min_available or learners,
             min_evaluate_clients=min_available or learners,
             data_tags=tags,
-            strategy=StrategyConfig(name=strategy, parameters=parse_assignments(strategy_param, "--strategy-param")),
-            hyperparameters=parse_assignments(hyperparameter, "--hp"),
+            strategy=StrategyConfig(name=strategy, parameters=strategy_parameters),
+            hyperparameters=hyperparameters,
             learner_wait_timeout=learner_timeout,
-            repo_url=fetched.url,
-            repo_commit=fetched.commit,
+            repo_url=repo_url,
+            repo_commit=build.commit,
         )
         uri = tracking or tracking_uri()
         started_pid = ensure_tracking_server(uri, home / "observatory")
-    except (
-        TrainInputError,
-        ContractError,
-        RepositoryError,
-        TrackingServerError,
-        ValidationError,
-    ) as error:
+    except (TrackingServerError, ValidationError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     if started_pid:
         console.print(f"observatory started at {uri} (pid {started_pid}); it keeps running for the UI")
     console.print(f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}")
-    training = LocalTraining(spec, fetched.path, node_dirs, uri, home / "runs" / spec.project_id)
+    training = LocalTraining(spec, build, node_dirs, uri, state_dir)
     try:
         training.start()
         summary = training.follow(lambda event: _show(event, rounds), timeout)
@@ -247,4 +358,4 @@ def _print_summary(summary: TrainingSummary, uri: str) -> None:
     if summary.registered_model_name:
         console.print(f"model: models:/{summary.registered_model_name}/{summary.registered_model_version}")
     if summary.experiment_id:
-        console.print(f"MLflow: {uri}/#/experiments/{summary.experiment_id}/runs/{summary.parent_run_id}")
+        console.print(f"MLflow: {run_url(uri, summary.experiment_id, summary.parent_run_id or '')}")
