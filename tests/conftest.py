@@ -76,7 +76,9 @@ def no_leftover_processes() -> Iterator[None]:
     )
 
 
-def run_flops(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_flops(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "flops"), *args],
         capture_output=True,
@@ -84,6 +86,7 @@ def run_flops(*args: str, env: dict[str, str] | None = None, timeout: float = 60
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=cwd,
     )
 
 
