@@ -57,20 +57,17 @@ def parse_broker_kind(value: str | None) -> BrokerKind:
     return kind  # type: ignore[return-value]
 
 
+def _installed(name: str, debian_path: str) -> str | None:
+    """`name` on PATH, else where Debian's package puts it (sbin is often not on a user's PATH)."""
+    return shutil.which(name) or shutil.which(debian_path)
+
+
 def mosquitto_binary() -> str | None:
-    for candidate in ("mosquitto", "/usr/sbin/mosquitto"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
+    return _installed("mosquitto", "/usr/sbin/mosquitto")
 
 
 def mosquitto_passwd_binary() -> str | None:
-    for candidate in ("mosquitto_passwd", "/usr/bin/mosquitto_passwd"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
+    return _installed("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
 
 
 def amqtt_version() -> str | None:

@@ -69,7 +69,7 @@ class Controller:
         self.context = StageContext(store=store, orchestrators=orchestrators, settings=settings, clock=clock)
         self.lock = threading.RLock()  # one reconcile at a time; events never wait for it
         self.wake = threading.Event()
-        self.serving_checked_at: dict[str, float] = {}
+        self.serving_checked_at = float("-inf")
 
     @property
     def store(self) -> ProjectStore:
@@ -161,14 +161,14 @@ class Controller:
         self.keep_serving()
 
     def keep_serving(self) -> None:
-        """Check completed projects' model servers, each at most every `serving_check_interval_s`."""
+        """Check completed projects' model servers, at most every `SERVING_CHECK_INTERVAL_S`."""
         now = self.context.clock()
+        if now - self.serving_checked_at < SERVING_CHECK_INTERVAL_S:
+            return
+        self.serving_checked_at = now
         for project in self.store.list(statuses=[ProjectStatus.COMPLETED]):
             if project.handle(post_training.INFERENCE) is None and not project.inference_url:
                 continue
-            if now - self.serving_checked_at.get(project.project_id, float("-inf")) < SERVING_CHECK_INTERVAL_S:
-                continue
-            self.serving_checked_at[project.project_id] = now
             with self.lock:
                 try:
                     current = self.store.get(project.project_id)

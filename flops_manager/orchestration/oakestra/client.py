@@ -86,13 +86,21 @@ def error_message(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _token_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT, without verifying it (the server does); None if there is none."""
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT without verifying them (Oakestra verifies); {} when it is not one."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
+    except (IndexError, ValueError, TypeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _token_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT, without verifying it (the server does); None if there is none."""
+    try:
+        return float(token_claims(token)["exp"])
+    except (KeyError, ValueError, TypeError):
         return None
 
 

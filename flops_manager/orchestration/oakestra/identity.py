@@ -11,9 +11,6 @@ hash, until its `exp` and for at most `cache_s`, so a request costs Oakestra one
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,21 +18,12 @@ from urllib.parse import quote
 
 import requests
 
-from flops_manager.auth import IdentityUnavailable
+from flops_manager.auth import IdentityUnavailable, hash_token
+from flops_manager.orchestration.oakestra.client import token_claims
 from flops_manager.orchestration.oakestra.settings import OakestraSettings
 
 # Oakestra user names FLOps accepts as customer ids (the API's customer-id pattern).
 _MAX_NAME = 64
-
-
-def token_claims(token: str) -> dict[str, object]:
-    """The claims of a JWT without verifying them (Oakestra verifies); {} when it is not one."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, TypeError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 class OakestraIdentity:
@@ -58,7 +46,7 @@ class OakestraIdentity:
 
     def customer_for(self, token: str) -> str | None:
         """The Oakestra user `token` belongs to, or None; `IdentityUnavailable` if Oakestra can't say."""
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        digest = hash_token(token)
         now = self.clock()
         with self._lock:
             cached = self._accepted.get(digest)
