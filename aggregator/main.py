@@ -2,30 +2,37 @@
 
 It exits 0 only when the training completed. The SuperLink runs in this process's own
 process group, so whoever stops the aggregator's group stops Flower's processes with it.
+
+Secure by default: the SuperLink serves TLS with the project's certificate, admits only
+SuperNodes whose public keys this aggregator registered (`--supernode-keys`, before the run is
+submitted), answers Control API calls only with this aggregator's token (`aggregator.superlink`)
+and Runtime API calls only from the SuperExec this aggregator starts with a shared secret.
+`--insecure` (plain HTTP, no SuperNode authentication) is an explicit opt-in for experiments
+on loopback and is refused on any other address.
 """
 
 import argparse
 import contextlib
 import importlib
 import io
-import json
+import ipaddress
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 
+from aggregator.control import ControlAPI
 from aggregator.environment import MLFLOW_TRACKING_URI_ENV, STATE_DIR_ENV, TRACKING_URI_ENV, mlflow_fallback_uri
 from flops.app_bundle import build_app_dir
+from flops.flower_runtime import new_secret_file, superexec_command
 from flops.ml_repo.contract import ContractError, validate_repository
 from flops.net import free_port, port_open, wait_until
 from flops.processes import ManagedProcess
 from flops.progress import read_summary
-from flops.runtime_env import process_env
 from flops.training import TrainingSpec, TrainingSummary
 
 CONNECTION = "flops"
@@ -42,17 +49,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="SuperLink bind address")
     parser.add_argument("--port", type=int, default=0, help="SuperLink port (0: a free one)")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking server; empty: none")
-    parser.add_argument("--ssl-certfile", type=Path)
-    parser.add_argument("--ssl-keyfile", type=Path)
-    parser.add_argument("--ssl-ca-certfile", type=Path)
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
+    parser.add_argument("--ssl-certfile", type=Path, help="the SuperLink's TLS certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", type=Path, help="its private key (PEM)")
+    parser.add_argument("--ssl-ca-certfile", type=Path, help="the project's CA certificate (PEM)")
+    parser.add_argument(
+        "--supernode-keys", type=Path, help="folder of the learners' public keys (<name>.pub, OpenSSH) to admit"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="opt-in for loopback experiments: plain HTTP and any SuperNode admitted; refused on other addresses",
+    )
     parser.add_argument("--timeout", type=float, default=24 * 3600, help="overall limit in seconds")
     return parser.parse_args(argv)
 
 
-def flower_binary(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+def check_security(args: argparse.Namespace) -> str | None:
+    """What is wrong with the TLS / SuperNode-authentication options; None when they are complete."""
+    tls = (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile)
+    if args.insecure:
+        if any(tls) or args.supernode_keys:
+            return "--insecure cannot be combined with TLS files or --supernode-keys"
+        if not is_loopback(args.host):
+            return (
+                f"--insecure is only for experiments on loopback, not on {args.host}: "
+                "give the project's certificate (--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile) and --supernode-keys"
+            )
+        return None
+    if not all(tls):
+        return "give --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile (or --insecure for a loopback experiment)"
+    if args.supernode_keys is None:
+        return "give --supernode-keys: the folder of the learners' public keys this SuperLink admits"
+    for path in (*tls, args.supernode_keys):
+        if not path.exists():
+            return f"{path} does not exist"
+    if not list(args.supernode_keys.glob("*.pub")):
+        return f"{args.supernode_keys} holds no <name>.pub: no learner could join"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
@@ -64,51 +106,38 @@ def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
     )
 
 
-def superlink_command(args: argparse.Namespace, port: int) -> list[str]:
+def superlink_command(
+    args: argparse.Namespace, port: int, control_token_file: Path, superexec_secret_file: Path
+) -> list[str]:
+    """Flower's SuperLink behind the control-token guard, in process isolation with our SuperExec."""
     command = [
-        flower_binary("flower-superlink"),
-        "--host",
-        args.host,
-        "--port",
-        str(port),
-        "--database",
-        str(args.state_dir / "superlink.db"),
+        sys.executable, "-m", "aggregator.superlink",
+        "--control-token-file", str(control_token_file),
+        "--host", args.host,
+        "--port", str(port),
+        "--database", str(args.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
-    ]
-    if args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile:
-        command += [
-            "--ssl-certfile",
-            str(args.ssl_certfile),
-            "--ssl-keyfile",
-            str(args.ssl_keyfile),
-            "--ssl-ca-certfile",
-            str(args.ssl_ca_certfile),
-        ]
-    elif args.insecure:
-        command.append("--insecure")
-    else:
-        raise SystemExit("flops-aggregator: give --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile, or --insecure")
-    return command
+        "--isolation", "process",
+        "--superexec-auth-secret-file", str(superexec_secret_file),
+    ]  # fmt: skip
+    if args.insecure:
+        return [*command, "--insecure"]
+    return [
+        *command,
+        "--ssl-certfile", str(args.ssl_certfile),
+        "--ssl-keyfile", str(args.ssl_keyfile),
+        "--ssl-ca-certfile", str(args.ssl_ca_certfile),
+        "--enable-supernode-auth",
+    ]  # fmt: skip
 
 
-def flwr(home: Path, *arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [flower_binary("flwr"), *arguments],
-        env=process_env({"FLWR_HOME": str(home)}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def submit(app_dir: Path) -> int:
+def submit(app_dir: Path, control: ControlAPI) -> int:
     """`flwr run APP flops` in this process (the CLI's own code, without a second interpreter)."""
     from flwr.cli.run.run import run as flwr_run
 
     output = io.StringIO()
     try:
-        with contextlib.redirect_stdout(output):
+        with contextlib.redirect_stdout(output), control.for_flwr_cli():
             flwr_run(
                 app=str(app_dir), superlink=CONNECTION, federation=None, run_config_overrides=None,
                 federation_config_overrides=None, stream=False, output_format="default",
@@ -126,17 +155,8 @@ def preload_flower_cli() -> None:
     threading.Thread(target=importlib.import_module, args=("flwr.cli.run.run",), daemon=True).start()
 
 
-def run_status(home: Path, run_id: int) -> str | None:
-    result = flwr(home, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
-    try:
-        runs = json.loads(result.stdout).get("runs", [])
-        return str(runs[0]["status"]) if runs else None
-    except (ValueError, KeyError, IndexError, AttributeError):
-        return None
-
-
 def follow(
-    home: Path, run_id: int, state_dir: Path, superlink: ManagedProcess, timeout: float
+    control: ControlAPI, run_id: int, state_dir: Path, superlink: ManagedProcess, timeout: float
 ) -> TrainingSummary | str:
     """Wait for the ServerApp's summary, or return the reason there will be none."""
     deadline = time.monotonic() + timeout
@@ -148,7 +168,7 @@ def follow(
         if not superlink.running():
             return f"SuperLink exited with code {superlink.returncode()}:\n{superlink.log_tail()}"
         if time.monotonic() >= next_check:
-            status = run_status(home, run_id)
+            status = control.run_status(run_id)
             if status and status.startswith("finished"):
                 time.sleep(1.0)  # the summary is written just before the run ends
                 return read_summary(state_dir) or f"run {run_id} ended ({status}) without a summary"
@@ -159,6 +179,9 @@ def follow(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    problem = check_security(args)
+    if problem:
+        raise SystemExit(f"flops-aggregator: {problem}")
     spec = TrainingSpec.model_validate_json(args.spec_json or args.spec.read_text(encoding="utf-8"))
     try:
         validate_repository(args.repo)
@@ -167,13 +190,19 @@ def main(argv: list[str] | None = None) -> None:
     state_dir: Path = args.state_dir.resolve()
     args.state_dir = state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "progress.jsonl"):
+    # A fresh SuperLink state: only the SuperNodes registered below are admitted, no earlier start's.
+    for stale in ("summary.json", "progress.jsonl", "superlink.db", "superlink.db-wal", "superlink.db-shm"):
         (state_dir / stale).unlink(missing_ok=True)
     app_dir = build_app_dir(args.repo, state_dir / "app", spec)
     port = args.port or free_port(args.host)
     connect_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     home = state_dir / "flwr-home"
     write_flower_config(home, f"{connect_host}:{port}", args.ssl_ca_certfile)
+    # Secrets of this SuperLink alone, made afresh for every start (files, never argv or env).
+    control = ControlAPI(
+        f"{connect_host}:{port}", args.ssl_ca_certfile, new_secret_file(state_dir / "secrets" / "control-token")
+    )
+    superexec_secret = new_secret_file(state_dir / "secrets" / "superexec-secret")
     env = {
         "FLWR_HOME": str(home),
         STATE_DIR_ENV: str(state_dir),
@@ -184,14 +213,20 @@ def main(argv: list[str] | None = None) -> None:
     preload_flower_cli()
     superlink = ManagedProcess(
         "superlink",
-        superlink_command(args, port),
+        superlink_command(args, port, control.token_file, superexec_secret),
         state_dir / "superlink.log",
         env=env,
         own_group=False,
     )
+    superexec: ManagedProcess | None = None
+
+    def stop_flower() -> None:
+        superlink.stop()
+        if superexec is not None:
+            superexec.stop()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        superlink.stop()
+        stop_flower()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -202,14 +237,29 @@ def main(argv: list[str] | None = None) -> None:
             raise RuntimeError("SuperLink did not open its port within 60 s")
         if not superlink.running():
             raise RuntimeError(f"SuperLink failed to start:\n{superlink.log_tail()}")
-        print(f"flops-aggregator: SuperLink listening on {args.host}:{port}", flush=True)
-        run_id = submit(app_dir)
+        # The ServerApp's processes come from this SuperExec, with the SuperLink's environment.
+        superexec = ManagedProcess(
+            "superexec",
+            superexec_command(f"{connect_host}:{port}", args.ssl_ca_certfile, superexec_secret, superlink.pid),
+            state_dir / "superexec.log",
+            env=env,
+            own_group=False,
+        )
+        mode = "TLS, registered SuperNodes only" if not args.insecure else "PLAIN HTTP (--insecure), any SuperNode"
+        print(f"flops-aggregator: SuperLink listening on {args.host}:{port} ({mode})", flush=True)
+        if args.supernode_keys is not None:
+            try:
+                admitted = control.register_supernodes(args.supernode_keys)
+            except Exception as error:  # Flower's client raises its own error types
+                raise RuntimeError(f"could not register the learners' keys with the SuperLink: {error}") from error
+            print(f"flops-aggregator: admitted SuperNodes {', '.join(admitted)}", flush=True)
+        run_id = submit(app_dir, control)
         print(f"flops-aggregator: submitted run {run_id}", flush=True)
-        outcome = follow(home, run_id, state_dir, superlink, args.timeout)
+        outcome = follow(control, run_id, state_dir, superlink, args.timeout)
     except RuntimeError as error:
         outcome = str(error)
     finally:
-        superlink.stop()
+        stop_flower()
     if isinstance(outcome, str):
         outcome = TrainingSummary(status="failed", project_id=spec.project_id, error=outcome)
         (state_dir / "summary.json").write_text(outcome.model_dump_json(indent=2), encoding="utf-8")

@@ -95,7 +95,6 @@ class TrainingSession:
         self.reports: dict[int, RoundReport] = {}
         self.round_started_at: dict[int, float] = {}
         self.best: tuple[RoundReport, list[np.ndarray]] | None = None
-        self.round_run_ids: list[str] = []
         # MLflow is imported and the runs opened in the background: the first round does not
         # need them until it ends, and they cost seconds at start-up.
         self.tracking_uri = tracking_uri
@@ -146,8 +145,7 @@ class TrainingSession:
         parameters = arrays.to_numpy_ndarrays()
         self._checkpoint(server_round, parameters)
         if self.tracker is not None:
-            report.run_id = self.tracker.log_round(report)
-            self.round_run_ids.append(report.run_id)
+            self.tracker.log_round(report)  # sets report.run_id; later while MLflow is away (buffered)
         if self.best is None or self._better(report, self.best[0]):
             self.best = (report, [p.copy() for p in parameters])
         self.progress.emit(ProgressEvent(kind="round", round=report))
@@ -358,7 +356,7 @@ def _fill_tracking(summary: TrainingSummary, session: TrainingSession) -> None:
     if tracker is not None:
         summary.experiment_id = tracker.experiment_id
         summary.parent_run_id = tracker.parent_run_id
-        summary.round_run_ids = list(session.round_run_ids)
+        summary.round_run_ids = [report.run_id for report in summary.rounds if report.run_id]
 
 
 def _finish(session: TrainingSession | None, progress: ProgressLog, summary: TrainingSummary) -> None:

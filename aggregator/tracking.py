@@ -1,19 +1,38 @@
 """MLflow tracking of one federated training, the way an ML engineer expects to find it.
 
 One experiment per project *name* (the SLA's `project_name`, else the repository's name: the
-same name as the registered model), tagged as a model-training experiment; in it, per
-training, one `training-<project id>` run with the parameters, system metrics, per-round curves
-(`step=round`) and the best model, registered in the Model Registry; and one `round-N` run per
-round (FLOps's one row per round), a top-level run so the runs table shows it as a row. Every
-run carries the project id as tag `flops.project_id`. Only the aggregator imports this module.
+same name as the registered model; under the manager both are `<customerID>.<name>`), tagged
+as a model-training experiment; in it, per training, one `training-<project id>` run with the
+parameters, system metrics, per-round curves (`step=round`) and the best model, registered in
+the Model Registry; and one `round-N` run per round (FLOps's one row per round), a top-level run
+so the runs table shows it as a row. Every run carries the project id as tag `flops.project_id`.
+Only the aggregator imports this module.
+
+The tracker acts as the identity its process is given (`FLOPS_TRACKING_CREDENTIALS_FILE`, a file
+the manager writes, else MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD), and never waits on
+MLflow for long: every HTTP call has a time-out (MLFLOW_HTTP_REQUEST_TIMEOUT, 10 s unless set) and
+no hidden retries. When the server is away, rounds are kept and written, each once, when it
+answers again; training goes on meanwhile. The end of the training (every round, the model)
+waits for it, retrying every few seconds, but only until the server has been away for
+`FLOPS_TRACKING_OUTAGE_LIMIT` seconds (120 unless set): then `TrackingUnavailableError` ("tracking
+server at URL unreachable for N s") fails the training. A watcher thread looks at the server
+every few seconds between rounds too, so an outage is noticed, and a training stopped, within
+the limit plus about 20 s (a look, one request's time-out, Flower's 3 s poll) whatever a round
+lasts: it raises the error in the training's thread, which ends as on any other failure.
 """
 
+import ctypes
+import os
+import threading
 import time
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
+import requests
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -21,6 +40,13 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from flops.tracking_auth import (
+    CREDENTIALS_FILE_ENV,
+    DEFAULT_OUTAGE_LIMIT_S,
+    OUTAGE_LIMIT_ENV,
+    credentials_env,
+    read_credentials,
+)
 from flops.tracking_server import run_url
 from flops.training import ModelFlavor, ModelInput, RoundReport, TrainingSpec
 
@@ -39,6 +65,65 @@ EXPERIMENT_NOTE = (
 )
 
 ROUND_METRICS = ("loss", "accuracy", "local_loss", "local_accuracy")
+RETRY_INTERVAL_S = 3.0
+# How often the watcher looks at the server between rounds, and how long one look may take.
+WATCH_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 5.0
+# MLflow's client waits minutes per call by default (a 120 s time-out, 7 retries with backoff):
+# the outage limit above is the one bound, so each call gets one short try.
+CLIENT_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+T = TypeVar("T")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server has been unreachable for longer than the outage limit."""
+
+
+def interrupt_thread(thread_id: int | None, error: BaseException) -> None:
+    """Raise `error` (its type and message) in thread `thread_id` at its next Python instruction.
+
+    The training's thread spends rounds waiting in Flower's polling loop (Python, sleeping
+    between polls): this ends the wait with the tracking failure, which the ServerApp reports
+    as any other failure of the training.
+    """
+    if thread_id is None:
+        return
+    message = str(error)
+
+    def __init__(self: BaseException, *_: object) -> None:
+        BaseException.__init__(self, message)
+
+    interrupting = type(type(error).__name__, (type(error),), {"__init__": __init__})
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(interrupting))
+
+
+def configure_client(env: MutableMapping[str, str]) -> None:
+    """Time-outs for every MLflow call of this process, and the identity its credentials file names."""
+    for name, value in CLIENT_ENV_DEFAULTS.items():
+        env.setdefault(name, value)
+    path = env.get(CREDENTIALS_FILE_ENV)
+    if path:
+        env.update(credentials_env(read_credentials(Path(path))))
+
+
+def outage_limit(env: MutableMapping[str, str]) -> float:
+    raw = env.get(OUTAGE_LIMIT_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_OUTAGE_LIMIT_S
+    except ValueError:
+        raise ValueError(f"{OUTAGE_LIMIT_ENV} is {raw!r}: give the seconds as a number") from None
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The server away or failing for now (no answer, a time-out, 5xx or 429), not a refusal."""
+    if isinstance(error, MlflowException):
+        status = error.get_http_status_code()
+        return status >= 500 or status == 429
+    return isinstance(error, (requests.RequestException, ConnectionError, TimeoutError))
 
 
 @dataclass
@@ -76,86 +161,311 @@ def round_metrics(report: RoundReport) -> dict[str, float]:
     return values
 
 
+@dataclass
+class _RoundWrite:
+    """How far one round's tracking got, so a retry goes on where it stopped and writes nothing twice."""
+
+    report: RoundReport
+    timestamp_ms: int
+    run_id: str | None = None
+    tried_create: bool = False
+    logged: bool = False
+    terminated: bool = False
+    curves: bool = False
+
+
+@dataclass
+class _Outage:
+    since: float | None = None
+    last_error: str = ""
+    gave_up: bool = False
+    failed_calls: int = 0
+    error: "TrackingUnavailableError | None" = None
+
+
 class MlflowTracker:
     """Owns the `training-<project id>` run of one training (`parent_run_id`) from start to end.
 
     Uses the explicit client API rather than MLflow's thread-local "active run", so the run can
-    be opened in a background thread while the first round already trains.
+    be opened in a background thread while the first round already trains. While the server is
+    away the tracker keeps what it could not write (`pending_rounds`); see the module's doc.
     """
 
-    def __init__(self, spec: TrainingSpec, tracking_uri: str) -> None:
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        tracking_uri: str,
+        outage_limit_s: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        watch_interval_s: float = WATCH_INTERVAL_S,
+    ) -> None:
+        configure_client(os.environ)
         self.spec = spec
         self.tracking_uri = tracking_uri
+        self.outage_limit_s = outage_limit(os.environ) if outage_limit_s is None else outage_limit_s
+        self._clock = clock
+        self._sleep = sleep
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
-        self.experiment_id: str = open_experiment(self.client, spec)
-        tags = {PROJECT_TAG: spec.project_id, ROLE_TAG: "training"}
-        run = self.client.create_run(self.experiment_id, run_name=f"training-{spec.project_id}", tags=tags)
-        self.parent_run_id: str = run.info.run_id
-        params = [Param(key, value) for key, value in training_params(spec).items()]
-        self.client.log_batch(self.parent_run_id, params=params)
-        self._system_metrics = SystemMetricsMonitor(self.parent_run_id, tracking_uri=tracking_uri)
-        self._system_metrics.start()
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._tried_parent = False
+        self._params_logged = False
+        self._system_metrics: SystemMetricsMonitor | None = None
+        self._rounds: dict[int, _RoundWrite] = {}
+        self._finishing = False
+        self.outage = _Outage()
+        self._lock = threading.RLock()
+        self._blocking = 0  # a call of the training's own thread is waiting for the server
+        self._training_thread = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._attempt(self._open)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(watch_interval_s,), name="tracking-watch", daemon=True
+        )
+        self._watcher.start()
 
-    def log_round(self, report: RoundReport) -> str:
-        """One `round-N` run, and the round's point on the training run's curves (both at step N)."""
-        metrics = round_metrics(report)
-        tags = {
-            PROJECT_TAG: self.spec.project_id,
-            ROLE_TAG: "round",
-            ROUND_TAG: str(report.round),
-            TRAINING_RUN_TAG: self.parent_run_id,
-        }
-        if report.failures:
-            tags["flops.failures"] = "; ".join(report.failures)[:5000]
-        round_run = self.client.create_run(self.experiment_id, run_name=f"round-{report.round}", tags=tags)
-        now = int(time.time() * 1000)
-        points = [Metric(key, value, now, report.round) for key, value in metrics.items()]
-        self.client.log_batch(round_run.info.run_id, metrics=points, params=[Param("round", str(report.round))])
-        self.client.set_terminated(round_run.info.run_id, "FINISHED")
-        self.client.log_batch(self.parent_run_id, metrics=points)
-        return str(round_run.info.run_id)
+    # ------------------------------------------------------------ the outage bound
+    def _attempt(self, action: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run `action` once: (True, result), or (False, None) while the server is away within the limit."""
+        with self._lock:
+            return self._attempt_locked(action)
+
+    def _attempt_locked(self, action: Callable[[], T]) -> tuple[bool, T | None]:
+        if self.outage.gave_up and self.outage.error is not None:
+            raise self.outage.error
+        try:
+            result = action()
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            now = self._clock()
+            if self.outage.since is None:
+                self.outage.since = now
+                print(f"flops-aggregator: tracking server at {self.tracking_uri} unreachable: {error}", flush=True)
+            self.outage.last_error = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            self.outage.failed_calls += 1
+            away = now - self.outage.since
+            if away >= self.outage_limit_s:
+                self.outage.gave_up = True
+                self.outage.error = TrackingUnavailableError(
+                    f"tracking server at {self.tracking_uri} unreachable for {away:.0f} s "
+                    f"(limit {self.outage_limit_s:.0f} s, {OUTAGE_LIMIT_ENV}): {self.outage.last_error}; "
+                    "start it again (or check its address) and retrain"
+                )
+                raise self.outage.error from error
+            return False, None
+        if self.outage.since is not None:
+            print(
+                f"flops-aggregator: tracking server at {self.tracking_uri} answers again after "
+                f"{self._clock() - self.outage.since:.0f} s",
+                flush=True,
+            )
+            self.outage.since = None
+        return True, result
+
+    def _until_done(self, action: Callable[[], T]) -> T:
+        """`action`, retried every few seconds while the server is away; raises once it is away too long."""
+        self._blocking += 1
+        try:
+            while True:
+                done, result = self._attempt(action)
+                if done:
+                    return result  # type: ignore[return-value]
+                since = self.outage.since
+                left = self.outage_limit_s - (self._clock() - since) if since is not None else RETRY_INTERVAL_S
+                self._sleep(max(0.1, min(RETRY_INTERVAL_S, left)))
+        finally:
+            self._blocking -= 1
+
+    # ------------------------------------------------------------ the watcher
+    def _watch(self, interval: float) -> None:
+        """While the training runs: notice the server going away even between rounds (its /health),
+        write what is pending as soon as it is back, and stop the training once it is away too long."""
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._finishing or self.outage.gave_up:  # the training's thread has heard already
+                    return
+                try:
+                    self._attempt_locked(self._flush if self._needs_flush() else self._probe)
+                    continue
+                except TrackingUnavailableError as error:
+                    failure: BaseException = error
+                    waiting = self._blocking > 0  # that call raises it itself, at its next try
+                except Exception as error:  # a refusal: the training's own calls report it
+                    print(f"flops-aggregator: tracking check failed: {type(error).__name__}: {error}", flush=True)
+                    continue
+            if not waiting:
+                interrupt_thread(self._training_thread, failure)
+            return
+
+    def _needs_flush(self) -> bool:
+        return self.parent_run_id is None or bool(self.pending_rounds)
+
+    def _probe(self) -> None:
+        requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
+
+    @property
+    def pending_rounds(self) -> list[int]:
+        """Rounds reported but not yet (completely) written to the server."""
+        return sorted(n for n, write in self._rounds.items() if not write.curves)
+
+    # ---------------------------------------------------------------- the runs
+    def _open(self) -> None:
+        """The experiment, the training run and its parameters; each step once, resumable."""
+        if self.experiment_id is None:
+            self.experiment_id = open_experiment(self.client, self.spec)
+        if self.parent_run_id is None:
+            existing = self._find_run({ROLE_TAG: "training"}) if self._tried_parent else None
+            self._tried_parent = True
+            if existing is None:
+                tags = {PROJECT_TAG: self.spec.project_id, ROLE_TAG: "training"}
+                name = f"training-{self.spec.project_id}"
+                existing = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            self.parent_run_id = existing
+        if not self._params_logged:
+            params = [Param(key, value) for key, value in training_params(self.spec).items()]
+            self.client.log_batch(self.parent_run_id, params=params)
+            self._params_logged = True
+        if self._system_metrics is None and not self._finishing:
+            self._system_metrics = SystemMetricsMonitor(self.parent_run_id, tracking_uri=self.tracking_uri)
+            self._system_metrics.start()
+
+    def _find_run(self, tags: dict[str, str]) -> str | None:
+        """This project's run with `tags`, if an earlier try created it without hearing back."""
+        assert self.experiment_id is not None
+        conditions = [f"tags.`{PROJECT_TAG}` = '{self.spec.project_id}'"]
+        conditions += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        runs = self.client.search_runs([self.experiment_id], " and ".join(conditions), max_results=1)
+        return str(runs[0].info.run_id) if runs else None
+
+    def _flush(self) -> None:
+        self._open()
+        for number in self.pending_rounds:
+            self._write_round(self._rounds[number])
+
+    def _write_round(self, write: _RoundWrite) -> None:
+        assert self.experiment_id is not None and self.parent_run_id is not None
+        report = write.report
+        if write.run_id is None:
+            round_tags = {ROLE_TAG: "round", ROUND_TAG: str(report.round), TRAINING_RUN_TAG: self.parent_run_id}
+            found = self._find_run(round_tags) if write.tried_create else None
+            write.tried_create = True
+            if found is None:
+                tags = {PROJECT_TAG: self.spec.project_id, **round_tags}
+                if report.failures:
+                    tags["flops.failures"] = "; ".join(report.failures)[:5000]
+                name = f"round-{report.round}"
+                found = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            write.run_id = found
+        points = [Metric(key, value, write.timestamp_ms, report.round) for key, value in round_metrics(report).items()]
+        if not write.logged:
+            self.client.log_batch(write.run_id, metrics=points, params=[Param("round", str(report.round))])
+            write.logged = True
+        if not write.terminated:
+            self.client.set_terminated(write.run_id, "FINISHED")
+            write.terminated = True
+        self.client.log_batch(self.parent_run_id, metrics=points)  # the same points again are not doubled
+        write.curves = True
+        report.run_id = write.run_id
+
+    def log_round(self, report: RoundReport) -> str | None:
+        """One `round-N` run, and the round's point on the training run's curves (both at step N).
+
+        Sets and returns `report.run_id`; None while the server is away (written when it is back).
+        """
+        self._training_thread = threading.get_ident()  # the thread to stop if the server stays away
+        if report.round not in self._rounds:
+            self._rounds[report.round] = _RoundWrite(report=report, timestamp_ms=int(time.time() * 1000))
+        self._attempt(self._flush)
+        return report.run_id
 
     def log_model(self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]) -> LoggedModel:
-        """Log and register the best model; `code_paths` carry the user's modules along."""
+        """Every pending round, then the best model logged and registered; `code_paths` carry the user's modules."""
+        self._until_done(self._flush)
+        assert self.parent_run_id is not None
+        parent_run_id = self.parent_run_id
         now = int(time.time() * 1000)
         best_metrics = {"best_round": float(best.round)} | {
             f"best_{k}": v for k, v in round_metrics(best).items() if k in ROUND_METRICS
         }
-        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in best_metrics.items()])
+        best_points = [Metric(key, value, now, 0) for key, value in best_metrics.items()]
+        self._until_done(lambda: self.client.log_batch(parent_run_id, metrics=best_points))
         signature = _signature(model, self.spec.model_flavor, input_example)
         flavor = _flavor_module(self.spec.model_flavor)
         options: dict[str, Any] = {}
         if self.spec.model_flavor is ModelFlavor.PYTORCH:
             # A pickled module loads with any batch size; pt2 would fix the example's shape.
             options["serialization_format"] = "pickle"
-        # Flavors log into the active run: make the parent active in this thread for the call.
-        with mlflow.start_run(run_id=self.parent_run_id):
-            info = flavor.log_model(
-                model,
-                name="model",
-                signature=signature,
-                registered_model_name=self.spec.model_name,
-                pip_requirements=flavor.get_default_pip_requirements(),
-                code_paths=code_paths or None,
-                **options,
-            )
-        version = info.registered_model_version
+
+        def log() -> Any:
+            # Flavors log into the active run: make the parent active in this thread for the call.
+            with mlflow.start_run(run_id=parent_run_id):
+                return flavor.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    pip_requirements=flavor.get_default_pip_requirements(),
+                    code_paths=code_paths or None,
+                    **options,
+                )
+
+        info = self._until_done(log)
+        version = self._until_done(lambda: self._register(info.model_uri, getattr(info, "model_id", None)))
         return LoggedModel(
             model_uri=info.model_uri,
-            registered_name=self.spec.model_name if version is not None else None,
-            registered_version=str(version) if version is not None else None,
+            registered_name=self.spec.model_name,
+            registered_version=version,
             input=model_input(signature),
         )
 
+    def _register(self, model_uri: str, model_id: str | None) -> str:
+        """A new version of the registered model for the logged model (the one a lost answer already made)."""
+        name = self.spec.model_name
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.client.create_registered_model(name)  # only where this identity may create models
+        for existing in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.parent_run_id}'"):
+            if existing.source == model_uri or (model_id and getattr(existing, "model_id", None) == model_id):
+                return str(existing.version)
+        version = self.client.create_model_version(name, source=model_uri, run_id=self.parent_run_id, model_id=model_id)
+        return str(version.version)
+
     def finish(self, succeeded: bool, error: str | None = None) -> None:
-        self._system_metrics.finish()
-        if error:
-            self.client.set_tag(self.parent_run_id, "flops.error", error[:5000])
-        self.client.set_terminated(self.parent_run_id, "FINISHED" if succeeded else "FAILED")
+        """End the training run; a successful training's rounds are all written first.
+
+        After a failure (or once the server was away too long) one try only: the training's
+        outcome is FLOps's to report, and nothing waits on MLflow for it.
+        """
+        self._finishing = True
+        self._stop.set()
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
+
+        def end() -> None:
+            self._flush()
+            assert self.parent_run_id is not None
+            if error:
+                self.client.set_tag(self.parent_run_id, "flops.error", error[:5000])
+            self.client.set_terminated(self.parent_run_id, "FINISHED" if succeeded else "FAILED")
+
+        if succeeded and not self.outage.gave_up:
+            self._until_done(end)
+            return
+        if self.outage.gave_up:
+            return
+        try:
+            self._attempt(end)
+        except Exception as failure:  # the training's own failure is the one to report
+            print(f"flops-aggregator: could not mark the training run failed in MLflow: {failure}", flush=True)
 
     def run_url(self) -> str:
-        return run_url(self.tracking_uri, self.experiment_id, self.parent_run_id)
+        return run_url(self.tracking_uri, self.experiment_id or "", self.parent_run_id or "")
 
 
 def experiment_name(spec: TrainingSpec) -> str:
@@ -168,6 +478,8 @@ def open_experiment(client: MlflowClient, spec: TrainingSpec) -> str:
     Projects with the same name share the experiment, as they share the registered model: each
     training is its own `training-<project id>` run. An experiment of that name that was
     deleted in MLflow is left alone: the training goes to `<name> (<project id>)` instead.
+    Behind the observatory's authentication only its admin creates experiments: the manager
+    makes the project's before the aggregator starts, and names it in the spec.
     """
     name = experiment_name(spec)
     experiment = client.get_experiment_by_name(name)
@@ -187,13 +499,20 @@ def open_experiment(client: MlflowClient, spec: TrainingSpec) -> str:
         }
         try:
             return str(client.create_experiment(name, tags=tags))
-        except MlflowException as error:  # another training created it in the meantime
+        except MlflowException as error:  # another training created it in the meantime, or not ours to create
             experiment = client.get_experiment_by_name(name)
+            if experiment is None and error.error_code == "PERMISSION_DENIED":
+                raise MlflowException(
+                    f"MLflow experiment {name!r} does not exist and this identity may not create it: "
+                    "under the manager, the manager creates it at deploy (check its log)"
+                ) from None
             if experiment is None:
                 raise error from None
     experiment_id = str(experiment.experiment_id)
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    if MLFLOW_RUN_NOTE not in experiment.tags:
+        client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, EXPERIMENT_NOTE)
     client.set_experiment_tag(experiment_id, PROJECT_TAG, spec.project_id)  # the latest project trained here
     return experiment_id
 

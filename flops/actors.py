@@ -8,11 +8,17 @@ environment's interpreter (so the right environment runs even when PATH points e
 or, inside an FL or inference image (`in_image`), the image's own console script on its
 PATH. No secret is ever put in an argv: credentials travel in files or in the environment
 the caller adds.
+
+The Flower links are TLS with per-project certificates and per-learner keys (`flops.pki`):
+the aggregator is given its SuperLink's files, each learner its own; plain HTTP only when the
+caller opts in with `insecure=True` (loopback experiments; the aggregator refuses it elsewhere).
 """
 
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from flops.pki import SuperLinkCredentials, SuperNodeCredentials
 
 AGGREGATOR_MODULE = "aggregator.main"
 LEARNER_MODULE = "learner.main"
@@ -80,8 +86,14 @@ def aggregator_command(
     host: str = "127.0.0.1",
     python: str | None = None,
     in_image: bool = False,
+    tls: SuperLinkCredentials | None = None,
+    insecure: bool = False,
 ) -> list[str]:
-    """The aggregator (SuperLink + ServerApp) of one training; the spec as a file or as JSON text."""
+    """The aggregator (SuperLink + ServerApp) of one training; the spec as a file or as JSON text.
+
+    `tls`: the SuperLink's certificate, key, CA and the learners' public keys to admit. Without
+    it only `insecure=True` (plain HTTP, any SuperNode, loopback only) starts an aggregator.
+    """
     if (spec_file is None) == (spec_json is None):
         raise ValueError("give the training spec as spec_file or spec_json, not both")
     spec = ["--spec", str(spec_file)] if spec_file is not None else ["--spec-json", str(spec_json)]
@@ -93,7 +105,20 @@ def aggregator_command(
         "--host", host,
         "--port", str(port),
         "--tracking-uri", tracking_uri,
-        "--insecure",
+        *superlink_security(tls, insecure),
+    ]  # fmt: skip
+
+
+def superlink_security(tls: SuperLinkCredentials | None, insecure: bool) -> list[str]:
+    if insecure and tls is None:
+        return ["--insecure"]
+    if tls is None or insecure:
+        raise ValueError("give the SuperLink's TLS credentials, or insecure=True (loopback experiments), not both")
+    return [
+        "--ssl-certfile", str(tls.cert),
+        "--ssl-keyfile", str(tls.key),
+        "--ssl-ca-certfile", str(tls.ca_cert),
+        "--supernode-keys", str(tls.supernode_keys),
     ]  # fmt: skip
 
 
@@ -105,15 +130,30 @@ def learner_command(
     *,
     python: str | None = None,
     in_image: bool = False,
+    identity: SuperNodeCredentials | None = None,
+    insecure: bool = False,
 ) -> list[str]:
-    """One learner (SuperNode + ClientApp) on one node's data folder."""
+    """One learner (SuperNode + ClientApp) on one node's data folder.
+
+    `identity`: the project's CA and this learner's own key. Without it only `insecure=True`
+    (plain HTTP, no identity; loopback experiments) starts a learner.
+    """
+    if insecure and identity is None:
+        security = ["--insecure"]
+    elif identity is None or insecure:
+        raise ValueError("give the learner's identity (CA and key), or insecure=True (loopback experiments), not both")
+    else:
+        security = [
+            "--root-certificates", str(identity.ca_cert),
+            "--auth-supernode-private-key", str(identity.private_key),
+        ]  # fmt: skip
     return [
         *launcher(LEARNER_MODULE, "flops-learner", python, in_image),
         "--superlink", superlink,
         "--data-dir", str(data_dir),
         "--data-tags", ",".join(data_tags),
         "--node-name", node_name,
-        "--insecure",
+        *security,
     ]  # fmt: skip
 
 

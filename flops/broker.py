@@ -1,20 +1,26 @@
-"""The stack's MQTT broker on loopback, with a generated password: Mosquitto, or amqtt embedded.
+"""The stack's MQTT broker on loopback: Mosquitto, or amqtt embedded; per-actor users, persistent.
 
-No anonymous access even on one machine: `flops up` makes a random password, keeps it in a
-0600 file, and hands components the file's path, never the password on a command line.
+No anonymous access even on one machine: `flops up` makes a random password for the manager
+(user `flops`), keeps it in a 0600 file, and hands the manager the file's path, never the
+password on a command line. Every actor gets its own user, made by the manager through the
+dynamic-security API (`flops.mqtt_acl`); both brokers keep those users hashed in
+`dynamic-security.json` next to the config, and persist their sessions and queued QoS 1
+messages under the same folder, so a restarted broker keeps both.
 
 Which broker runs is `FLOPS_BROKER` (read in `flops.stack.StackSettings`): `auto` (the default)
-prefers Mosquitto and falls back to the embedded amqtt broker (`flops.embedded_broker`, the
-`broker` extra) when no `mosquitto` binary is found; `mosquitto` and `embedded` force one.
+prefers Mosquitto (with its dynamic-security plugin) and falls back to the embedded amqtt
+broker (`flops.embedded_broker`, the `broker` extra) when either is missing; `mosquitto` and
+`embedded` force one.
 """
 
 import getpass
+import glob
 import importlib.metadata
 import importlib.util
 import json
+import os
 import secrets
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +28,24 @@ from typing import Literal, get_args
 
 from packaging.requirements import Requirement
 
+from flops.mqtt_acl import MANAGER_USER, with_manager
 from flops.net import port_open, wait_until
 from flops.processes import ManagedProcess
 
-MQTT_USER = "flops"
+MQTT_USER = MANAGER_USER
+DYNSEC_FILE = "dynamic-security.json"
+# Where Debian, Alpine (the eclipse-mosquitto image) and source builds put the plugin.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/*-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 BrokerKind = Literal["auto", "mosquitto", "embedded"]
 BROKER_KINDS: tuple[str, ...] = get_args(BrokerKind)
 # The amqtt releases the embedded broker is verified with (0.12 needs a typer that flwr refuses).
 AMQTT_REQUIREMENT = "amqtt>=0.11.4,<0.12"
-INSTALL_MOSQUITTO = "`apt-get install mosquitto` (it brings mosquitto_passwd)"
+INSTALL_MOSQUITTO = "`apt-get install mosquitto` (it brings the dynamic-security plugin)"
 INSTALL_AMQTT = f"`.venv/bin/pip install '{AMQTT_REQUIREMENT}'` (the `broker` extra of FLOps)"
 
 
@@ -40,13 +55,14 @@ class BrokerError(RuntimeError):
 
 @dataclass
 class RunningBroker:
-    """A started broker: its process, the password file clients read, and what it is."""
+    """A started broker: its process, the manager's password file, and what it is."""
 
     process: ManagedProcess
     port: int
     password_file: Path
     kind: Literal["mosquitto", "embedded"]
     description: str
+    directory: Path | None = None
 
 
 def parse_broker_kind(value: str | None) -> BrokerKind:
@@ -70,6 +86,18 @@ def mosquitto_passwd_binary() -> str | None:
     return _installed("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
 
 
+def dynsec_plugin() -> str | None:
+    """Mosquitto's dynamic-security plugin (FLOPS_MOSQUITTO_DYNSEC_PLUGIN, else where packages put it)."""
+    configured = os.environ.get("FLOPS_MOSQUITTO_DYNSEC_PLUGIN")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    for pattern in DYNSEC_PLUGIN_PATHS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
 def amqtt_version() -> str | None:
     """The installed amqtt's version, or None when it is not installed."""
     if importlib.util.find_spec("amqtt") is None:
@@ -87,13 +115,14 @@ def _amqtt_supported(version: str) -> bool:
 def choose_broker(kind: BrokerKind = "auto") -> tuple[Literal["mosquitto", "embedded"], str]:
     """Which broker to start for `kind`: ("mosquitto", its binary) or ("embedded", amqtt's version)."""
     if kind in ("auto", "mosquitto"):
-        binary, passwd = mosquitto_binary(), mosquitto_passwd_binary()
-        if binary and passwd:
+        binary, plugin = mosquitto_binary(), dynsec_plugin()
+        if binary and plugin:
             return "mosquitto", binary
         if kind == "mosquitto":
-            missing = "mosquitto" if not binary else "mosquitto_passwd"
+            missing = "mosquitto" if not binary else "its dynamic-security plugin (mosquitto_dynamic_security.so)"
             raise BrokerError(
-                f"FLOPS_BROKER=mosquitto, but {missing} is not installed: {INSTALL_MOSQUITTO}, "
+                f"FLOPS_BROKER=mosquitto, but {missing} is not installed: {INSTALL_MOSQUITTO} "
+                "(or set FLOPS_MOSQUITTO_DYNSEC_PLUGIN to the plugin's path), "
                 "or FLOPS_BROKER=embedded for the embedded broker"
             )
     version = amqtt_version()
@@ -121,15 +150,30 @@ def ensure_password_file(directory: Path) -> Path:
     return password_file
 
 
+def write_dynsec_config(directory: Path, password: str) -> Path:
+    """The brokers' user database (0600): the manager with `password`, actor users kept as they are."""
+    path = directory / DYNSEC_FILE
+    current = None
+    if path.is_file():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            current = None  # unreadable: start again from the manager alone
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(with_manager(current, password), indent=2), encoding="utf-8")
+    partial.chmod(0o600)
+    partial.replace(path)
+    return path
+
+
 def write_broker_config(directory: Path, port: int) -> tuple[Path, Path]:
-    """Config and password files for a loopback Mosquitto; the password file path is returned."""
+    """Config, user database and password file for a loopback Mosquitto; the password file path is returned."""
     password_file = ensure_password_file(directory)
     password = password_file.read_text(encoding="utf-8").strip()
-    passwd_db = directory / "mosquitto.passwd"
-    passwd_db.unlink(missing_ok=True)
-    passwd_tool = mosquitto_passwd_binary() or "/usr/bin/mosquitto_passwd"
-    subprocess.run([passwd_tool, "-b", "-c", str(passwd_db), MQTT_USER, password], check=True, capture_output=True)
-    passwd_db.chmod(0o600)
+    dynsec = write_dynsec_config(directory, password)
+    plugin = dynsec_plugin()
+    if plugin is None:
+        raise BrokerError(f"Mosquitto's dynamic-security plugin is not installed: {INSTALL_MOSQUITTO}")
     config = directory / "mosquitto.conf"
     config.write_text(
         "\n".join(
@@ -139,10 +183,21 @@ def write_broker_config(directory: Path, port: int) -> tuple[Path, Path]:
                 # `mosquitto`, which cannot read FLOps's private (0600) files.
                 f"user {getpass.getuser()}",
                 "allow_anonymous false",
-                f"password_file {passwd_db}",
-                "persistence false",
+                f"plugin {plugin}",
+                f"plugin_opt_config_file {dynsec}",
+                # Sessions and queued QoS 1 messages survive a restart: saved on every change.
+                "persistence true",
+                f"persistence_location {directory}/",
+                "autosave_on_changes true",
+                "autosave_interval 1",
                 "max_queued_messages 10000",
                 "log_dest stdout",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "log_type information",
+                "log_type subscribe",
+                "log_type debug",
                 "",
             ]
         ),
@@ -152,11 +207,19 @@ def write_broker_config(directory: Path, port: int) -> tuple[Path, Path]:
 
 
 def write_embedded_config(directory: Path, port: int) -> tuple[Path, Path]:
-    """Config (0600 JSON) and password files for the embedded broker; no secret in the config."""
+    """Config (0600 JSON), user database and password file for the embedded broker; no secret in the config."""
     password_file = ensure_password_file(directory)
+    dynsec = write_dynsec_config(directory, password_file.read_text(encoding="utf-8").strip())
     config = directory / "embedded-broker.json"
     config.write_text(
-        json.dumps({"host": "127.0.0.1", "port": port, "username": MQTT_USER, "password_file": str(password_file)}),
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "port": port,
+                "dynsec_file": str(dynsec),
+                "sessions_file": str(directory / "embedded-sessions.json"),
+            }
+        ),
         encoding="utf-8",
     )
     config.chmod(0o600)
@@ -177,7 +240,7 @@ def launch_broker(directory: Path, port: int, kind: BrokerKind = "auto") -> Runn
     else:
         config, password_file = write_embedded_config(directory, port)
         command = embedded_broker_command(config)
-        reason = "FLOPS_BROKER=embedded" if kind == "embedded" else "no Mosquitto found"
+        reason = "FLOPS_BROKER=embedded" if kind == "embedded" else "no Mosquitto found, or no dynamic-security plugin"
         description = f"embedded amqtt {detail} broker ({reason})"
     name = "Mosquitto" if chosen == "mosquitto" else "the embedded MQTT broker"
     process = ManagedProcess("broker", command, directory / "broker.log")
@@ -185,7 +248,7 @@ def launch_broker(directory: Path, port: int, kind: BrokerKind = "auto") -> Runn
     if not started or not process.running():
         process.stop()
         raise BrokerError(f"{name} did not start on 127.0.0.1:{port}:\n{process.log_tail()}")
-    return RunningBroker(process, port, password_file, chosen, description)
+    return RunningBroker(process, port, password_file, chosen, description, directory)
 
 
 def start_broker(directory: Path, port: int, kind: BrokerKind = "auto") -> tuple[ManagedProcess, Path]:

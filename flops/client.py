@@ -105,6 +105,10 @@ class ManagerClient:
     def tracking(self) -> str:
         return str(self._request("GET", "/api/flops/tracking")["tracking_server_url"])
 
+    def tracking_login(self) -> dict[str, Any]:
+        """The tracking server, and how this token's customer logs in to it (username, password)."""
+        return dict(self._request("GET", "/api/flops/tracking"))
+
     def mocks(self, dataset: str, partitions: int, tag: str, customer_id: str = "Admin") -> dict[str, int]:
         body = {
             "customerID": customer_id,

@@ -6,7 +6,10 @@ envelope with a schema version and a unique id, so a consumer can drop a duplica
 
 Each (component, event) pair has one payload model, listed in `PAYLOADS`: publishers build
 events with `make_event(project_id, component, event, payload)`, consumers read
-`event.typed_payload()`. `decode_event` refuses a body whose payload does not fit its model.
+`event.typed_payload()`. `decode_event` refuses a body whose payload does not fit its model,
+and a body whose project, component or event is not its topic's (`EventSenderMismatch`): the
+broker lets each actor publish only its own project's, its own component's topic
+(`flops.mqtt_acl`), so an envelope that claims another is forged.
 """
 
 import time
@@ -144,6 +147,10 @@ class EventSchemaError(ValueError):
     """A body that is not a readable FLOps event."""
 
 
+class EventSenderMismatch(EventSchemaError):
+    """A body that claims another project, component or event than the topic it came on (forged)."""
+
+
 def decode_event(topic_name: str, body: bytes) -> Event:
     """Validate a received body against its topic; raise `EventSchemaError` if it does not fit."""
     try:
@@ -153,7 +160,10 @@ def decode_event(topic_name: str, body: bytes) -> Event:
     if event.schema_version > SCHEMA_VERSION:
         raise EventSchemaError(f"{topic_name}: schema version {event.schema_version} is newer than ours")
     if event.topic != topic_name:
-        raise EventSchemaError(f"{topic_name}: body belongs to {event.topic}")
+        raise EventSenderMismatch(
+            f"refused a forged event on {topic_name}: its body says {event.topic} (project {event.project_id}, "
+            f"{event.component.value}); only that topic's actor may send it"
+        )
     try:
         event.typed_payload()
     except KeyError as error:

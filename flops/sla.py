@@ -5,6 +5,7 @@ unknown, mistyped or impossible is refused with the field's path and a reason.
 """
 
 import json
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -128,21 +129,97 @@ class ProjectSLA(Strict):
         return self
 
 
-def parse_sla(document: str | bytes | dict[str, Any]) -> ProjectSLA:
-    """Parse a JSON or YAML SLA (or an already decoded mapping), naming every problem."""
-    if isinstance(document, dict):
-        data: Any = document
-    else:
-        text = document.decode("utf-8") if isinstance(document, bytes) else document
+# How deep a JSON or YAML document may nest (an SLA needs 4 levels); deeper is refused before
+# it is parsed, so a 100k-deep document costs one scan, not a recursion error.
+MAX_DOCUMENT_DEPTH = 32
+# Brackets and quoted strings, to measure flow nesting without parsing.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_YAML_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|#[^\n]*|[\[\]{}]')
+
+
+class DocumentError(SLAError):
+    """A body that is no document at all (not UTF-8, a NUL character: `status` 400) or one
+    nested deeper than the limit (422)."""
+
+    def __init__(self, message: str, status: int, field: str = "") -> None:
+        super().__init__(message, [{"field": field, "reason": message}])
+        self.status = status
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: an SLA needs none, and they are how YAML bombs grow."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*name) are not accepted{event.start_mark}")
+        return super().compose_node(parent, index)
+
+
+def _flow_depth(text: str, tokens: re.Pattern[str]) -> int:
+    depth = deepest = 0
+    for match in tokens.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _check_tree(value: Any, limit: int, path: str = "", depth: int = 1) -> None:
+    """Refuse nesting deeper than `limit` and NUL characters, naming the field."""
+    if depth > limit:
+        raise DocumentError(f"the document nests deeper than {limit} levels (at {path or 'the top'})", 422, path)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise DocumentError(f"field {path or '(root)'} contains a NUL character", 400, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                raise DocumentError(f"a field name in {path or 'the document'} contains a NUL character", 400, path)
+            _check_tree(item, limit, name, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_tree(item, limit, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def load_document(document: str | bytes, *, yaml_allowed: bool = True, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
+    """A JSON (or YAML) document, decoded; `DocumentError` for a body that is not UTF-8, holds a
+    NUL, or nests deeper than `max_depth`; `SLAError` when it parses as neither."""
+    if isinstance(document, bytes):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as error:
-                raise SLAError(
-                    "the SLA is neither valid JSON nor YAML", [{"field": "", "reason": str(error)}]
-                ) from error
+            text = document.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DocumentError(f"the body is not UTF-8 text (byte {error.start} is not): send UTF-8", 400) from None
+    else:
+        text = document
+    if "\x00" in text:
+        raise DocumentError("the body contains a NUL character", 400)
+    if _flow_depth(text, _YAML_TOKENS if yaml_allowed else _JSON_TOKENS) > max_depth:
+        raise DocumentError(f"the document nests deeper than {max_depth} levels", 422)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise DocumentError(f"the document nests deeper than {max_depth} levels", 422) from None
+    except json.JSONDecodeError as json_error:
+        if not yaml_allowed:
+            raise SLAError("the body is not valid JSON", [{"field": "", "reason": str(json_error)}]) from json_error
+        try:
+            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+        except RecursionError:
+            raise DocumentError(f"the document nests deeper than {max_depth} levels", 422) from None
+        except yaml.YAMLError as error:
+            raise SLAError("the SLA is neither valid JSON nor YAML", [{"field": "", "reason": str(error)}]) from error
+    _check_tree(data, max_depth)
+    return data
+
+
+def parse_sla(document: Any) -> ProjectSLA:
+    """Parse a JSON or YAML SLA (text, or an already decoded document), naming every problem."""
+    data = load_document(document) if isinstance(document, str | bytes) else document
     if not isinstance(data, dict):
         raise SLAError("the SLA must be a JSON object", [{"field": "", "reason": "not an object"}])
     try:

@@ -11,85 +11,104 @@ that answer first asks for a dry run (`POST /api/flops/projects?dry_run=1`), whi
 the builder's check alone, with a time limit, and deploys and stores nothing.
 """
 
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import HTTPException
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flops.actors import builder_command
 from flops.build import BuildOutcome
 from flops.data.catalog import BUNDLED_DATASETS, DatasetUnavailableError
-from flops.data.partition import Scheme, partition
+from flops.data.ownership import OPERATOR, TagOwnership
+from flops.data.partition import partition
 from flops.processes import stop_group
 from flops.runtime_env import process_env
-from flops.sla import Backend, ProjectSLA, SLAError, parse_sla
+from flops.sla import Backend, DocumentError, ProjectSLA, SLAError, load_document, parse_sla
 from flops.tracking_server import experiment_url, run_url
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
+from flops_manager.bodies import MockDataConfiguration, MockRequest, TokenRequest
 from flops_manager.controller import Controller
+from flops_manager.disk import QuotaExceeded, check_quota
 from flops_manager.models import Project, ProjectStatus
-from flops_manager.nodes import PlacementError, discover_nodes, place_learners
+from flops_manager.nodes import PlacementError, discover_nodes, place_learners, tag_listing, tag_owners, tags_owned
 from flops_manager.openapi import openapi_document
 from flops_manager.orchestration import ENABLE_HINTS, OrchestratorError
 from flops_manager.settings import ManagerSettings
+from flops_manager.sources import SourceRefused
 
-MAX_BODY_BYTES = 1024 * 1024
 # Containers get resource_constraints.memory as a hard limit; below this an FL actor cannot start.
 MIN_CONTAINER_MEMORY_MB = 512
 # FLOps's answers to a submission, word for word: scripts written for FLOps look for them.
 PROJECT_STARTED = "New FLOps project started successfully"
 MOCK_STARTED = "New Mock-Data-Provider started successfully"
 DRY_RUN_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
+TAIL_PATTERN = re.compile(r"^[0-9]{1,9}$")
 F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["MockDataConfiguration", "MockRequest", "TokenRequest", "create_app"]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, details: Any = None) -> None:
+    def __init__(self, status: int, message: str, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.headers = headers or {}
 
 
-class MockDataConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SlowWork:
+    """A bounded pool for what a request may wait on (dry runs, mock data): never more than
+    `workers` at once, and no queue: one more is refused at once with 503 and Retry-After, so
+    slow work never takes every request thread."""
 
-    dataset_name: str
-    number_of_partitions: int = Field(ge=1, le=1000)
-    data_tag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    scheme: Scheme = Scheme.IID
-    alpha: float = Field(default=0.5, gt=0)
-    seed: int = 42
-    # FLOps started one mock data service per partition on request; here every partition is a
-    # node folder on this machine either way, so the flag is accepted and changes nothing.
-    one_mock_service_per_partition: bool = False
+    def __init__(self, workers: int, retry_after_s: float) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api-slow")
+        self.slots = threading.BoundedSemaphore(workers)
+        self.retry_after = str(max(1, int(retry_after_s)))
 
+    def run(self, what: str, timeout_s: float, work: Callable[[], Any]) -> Any:
+        if not self.slots.acquire(blocking=False):
+            raise ApiError(
+                503, f"the manager is busy with other {what}s: try again in {self.retry_after} s",
+                {"retry_after_s": int(self.retry_after)}, {"Retry-After": self.retry_after},
+            )  # fmt: skip
 
-class MockRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+        def guarded() -> Any:
+            try:
+                return work()
+            finally:
+                self.slots.release()
 
-    customer_id: str = Field(default="Admin", alias="customerID")
-    mock_data_configuration: MockDataConfiguration
-
-
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    customer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+        future = self.pool.submit(guarded)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise ApiError(
+                504, f"the {what} took longer than {timeout_s:.0f} s: it goes on, try again later",
+                {"timeout_s": timeout_s},
+            ) from None  # fmt: skip
 
 
 def create_app(controller: Controller, tokens: TokenService) -> Flask:
     app = Flask("flops_manager")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.url_map.strict_slashes = False
     store = controller.store
     settings = controller.settings
+    limits = settings.limits
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    app.url_map.strict_slashes = False
+    slow = SlowWork(limits.slow_workers, min(settings.dry_run_timeout_s, 30.0))
+    mocks_lock = threading.Lock()  # node folders are written by one mock request at a time
 
     def authenticated(view: F) -> F:
         @wraps(view)
@@ -113,19 +132,41 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             raise ApiError(404, f"no project {project_id}")
         return project
 
-    def json_body() -> Any:
+    def document(yaml_allowed: bool = True) -> Any:
+        """The request's JSON (or YAML) body, decoded within the limits; 400/422 naming what is wrong."""
         raw = request.get_data(cache=False)
         if not raw:
-            raise ApiError(400, "the request needs a JSON (or YAML) body")
-        return raw
+            raise ApiError(400, "the request needs a JSON" + (" (or YAML)" if yaml_allowed else "") + " body")
+        try:
+            return load_document(raw, yaml_allowed=yaml_allowed, max_depth=limits.max_nesting_depth)
+        except DocumentError as error:
+            raise ApiError(error.status, str(error), {"limit": limits.max_nesting_depth}) from error
+        except SLAError as error:
+            raise ApiError(422, str(error), error.details) from error
+
+    @app.before_request
+    def plain_urls() -> None:
+        """No NUL or other control character in the path or the query: 400 before any route."""
+        texts = [request.path, *request.args.keys(), *request.args.values()]
+        if any(re.search(r"[\x00-\x1f\x7f]", text) for text in texts):
+            raise ApiError(400, "the URL holds a control character (a NUL, say): remove it")
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> tuple[Response, int]:
-        return jsonify({"message": error.message, "details": error.details}), error.status
+        response = jsonify({"message": error.message, "details": error.details})
+        response.headers.update(error.headers)
+        return response, error.status
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
-        return jsonify({"message": error.description, "details": None}), error.code or 500
+        message = error.description
+        if isinstance(error, RequestEntityTooLarge):
+            message = f"the body is larger than {limits.max_body_bytes} bytes (FLOPS_API_MAX_BODY_BYTES)"
+        response = jsonify({"message": message, "details": None})
+        for name, value in error.get_headers():  # Allow on 405, say
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, error.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:
@@ -145,13 +186,19 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     def submit_project() -> tuple[Response, int]:
         dry_run = dry_run_requested()
         try:
-            sla = parse_sla(json_body())
+            sla = parse_sla(document())
         except SLAError as error:
             raise ApiError(422, str(error), error.details) from error
-        customer = submitting_customer(sla)
-        check_submission(sla)
+        customer = submitting_customer(sla.customer_id)
+        check_source(sla)
+        check_submission(sla, customer)
         if dry_run:
-            return jsonify(check_repository(sla, settings)), 200
+            checked = slow.run("dry run", settings.dry_run_timeout_s + 15, lambda: check_repository(sla, settings))
+            return jsonify(checked), 200
+        try:
+            check_quota(store, settings, customer)
+        except QuotaExceeded as error:
+            raise ApiError(429, error.message, error.details) from error
         project = controller.submit(sla, customer)
         location = f"/api/flops/projects/{project.project_id}"
         # 200 with FLOps's message: the original `oak` CLI takes anything but 200 for a failure.
@@ -165,17 +212,24 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             raise ApiError(400, f"dry_run is '{value}': give dry_run=1 (or true) to only check the SLA and repository")
         return DRY_RUN_VALUES[value]
 
-    def submitting_customer(sla: ProjectSLA) -> str:
-        """The customer a project belongs to; a customer token submits only for itself."""
+    def submitting_customer(customer: str) -> str:
+        """The customer a project (or mock data) belongs to; a customer token acts only for itself."""
         principal: Principal = g.principal
-        customer = sla.customer_id
         if principal.is_admin or customer == principal.customer_id:
             return customer
-        if customer != "Admin":  # FLOps's default customer means "me"
+        if customer != OPERATOR:  # FLOps's default customer means "me"
             raise ApiError(403, f"your token belongs to customer {principal.customer_id}, not {customer}")
         return principal.customer_id
 
-    def check_submission(sla: ProjectSLA) -> None:
+    def check_source(sla: ProjectSLA) -> None:
+        """Refuse a repository this manager does not take, from the URL alone (no oracle)."""
+        try:
+            settings.sources.check(sla.ml_repo_url, settings.home, admin=g.principal.is_admin,
+                                   state=[settings.nodes_dir])  # fmt: skip
+        except SourceRefused as error:
+            raise ApiError(422, error.message, {"field": "ml_repo_url"}) from error
+
+    def check_submission(sla: ProjectSLA, customer: str) -> None:
         """Refuse what cannot work before anything is stored: all but the repository, which the builder checks."""
         backend = sla.backend.value
         if backend not in controller.orchestrators:
@@ -203,7 +257,9 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         if sla.backend in (Backend.LOCAL, Backend.DOCKER):  # learners on this machine's node folders
             config = sla.training_configuration
             try:
-                place_learners(discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients)
+                place_learners(
+                    discover_nodes(settings.nodes_dir), config.data_tags, config.min_available_clients, customer
+                )
             except PlacementError as error:
                 raise ApiError(422, str(error), {"field": "training_configuration.data_tags"}) from error
 
@@ -236,21 +292,30 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     def project_logs(project_id: str) -> Response:
         project = visible_project(project_id)
         component = request.args.get("component")
-        try:
-            tail = min(int(request.args.get("tail", "200")), 5000)
-        except ValueError as error:
-            raise ApiError(400, "tail must be a whole number of lines", {"field": "tail"}) from error
+        raw_tail = request.args.get("tail", "200").strip()
+        if not TAIL_PATTERN.match(raw_tail):
+            raise ApiError(
+                400, f"tail must be a whole number of lines (at most {limits.max_log_lines})", {"field": "tail"}
+            )
+        tail = min(int(raw_tail), limits.max_log_lines)
         names = [component] if component else controller.components(project)
         unknown = [n for n in names if n not in controller.components(project)]
         if unknown:
             raise ApiError(404, f"no component {unknown[0]}", {"components": controller.components(project)})
         try:
-            return jsonify({name: controller.service_logs(project, name, tail) for name in names})
+            return jsonify({name: bounded(controller.service_logs(project, name, tail)) for name in names})
         except OrchestratorError as error:
             status = 503 if error.transient else 502
             raise ApiError(
                 status, f"the {project.sla.backend.value} backend could not give the logs: {error}"
             ) from error
+
+    def bounded(text: str) -> str:
+        """At most `max_log_bytes` of a log, its end (whatever the backend gave)."""
+        data = text.encode("utf-8", errors="replace")
+        if len(data) <= limits.max_log_bytes:
+            return text
+        return data[-limits.max_log_bytes :].decode("utf-8", errors="ignore").split("\n", 1)[-1]
 
     @app.delete("/api/flops/projects/<project_id>")
     @authenticated
@@ -265,37 +330,99 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     @app.get("/api/flops/tracking")
     @authenticated
     def tracking() -> Response:
-        return jsonify({"tracking_server_url": settings.tracking_uri})
+        """The tracking server and the caller's MLflow login: a customer's own user and password."""
+        from flops.tracking_auth import TrackingAuthError
+        from flops_manager.tracking_identities import customer_login
+
+        principal: Principal = g.principal
+        try:
+            return jsonify(customer_login(settings, None if principal.is_admin else principal.customer_id))
+        except TrackingAuthError as error:
+            status = 503 if error.transient else 502
+            raise ApiError(status, f"the tracking server could not give a login: {error}") from error
 
     @app.post("/api/flops/mocks")
     @authenticated
     def mocks() -> tuple[Response, int]:
         try:
-            body = MockRequest.model_validate_json(json_body())
+            body = MockRequest.model_validate(document(yaml_allowed=False))
         except ValidationError as error:
             raise ApiError(422, "invalid mock data request", error.errors(include_url=False)) from error
+        principal: Principal = g.principal
+        owner = submitting_customer(body.customer_id)
         config = body.mock_data_configuration
-        try:
-            histogram = partition(
-                config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
-                config.scheme, config.alpha, config.seed, allow_files=False,
-            )  # fmt: skip
-        except DatasetUnavailableError as error:
-            raise ApiError(422, str(error), {"available": list(BUNDLED_DATASETS)}) from error
-        except ValueError as error:  # more partitions than rows, say
-            raise ApiError(422, str(error), {"field": "mock_data_configuration"}) from error
+        if config.number_of_partitions > limits.max_mock_nodes:
+            raise ApiError(
+                422,
+                f"number_of_partitions is {config.number_of_partitions}, and this manager makes at most "
+                f"{limits.max_mock_nodes} node folders (FLOPS_MAX_MOCK_NODES)",
+                {"field": "mock_data_configuration.number_of_partitions", "maximum": limits.max_mock_nodes},
+            )
+        if not principal.is_admin and config.dataset_name not in BUNDLED_DATASETS:
+            raise ApiError(
+                403,
+                f"customer tokens make mock data from the bundled data sets only ({', '.join(BUNDLED_DATASETS)}); "
+                "ask the admin for others",
+                {"field": "mock_data_configuration.dataset_name", "available": list(BUNDLED_DATASETS)},
+            )
+
+        def make() -> dict[str, Any]:
+            with mocks_lock:
+                nodes = discover_nodes(settings.nodes_dir)
+                if tag_owners(nodes, config.data_tag) - {owner}:
+                    raise ApiError(
+                        409,
+                        f"the data tag '{config.data_tag}' is taken by another owner's data: choose another tag name",
+                        {"field": "mock_data_configuration.data_tag"},
+                    )
+                owned = tags_owned(nodes, owner)
+                if config.data_tag not in owned and len(owned) >= limits.max_tags_per_customer:
+                    raise ApiError(
+                        429,
+                        f"customer {owner} owns {len(owned)} data tags, the most this manager keeps per customer "
+                        f"(FLOPS_MAX_TAGS_PER_CUSTOMER): reuse one of them",
+                        {"field": "mock_data_configuration.data_tag", "maximum": limits.max_tags_per_customer},
+                    )
+                try:
+                    return partition(
+                        config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
+                        config.scheme, config.alpha, config.seed, allow_files=False,
+                        ownership=TagOwnership(owner=owner, shared=config.shared),
+                    )  # fmt: skip
+                except DatasetUnavailableError as error:
+                    raise ApiError(422, str(error), {"available": list(BUNDLED_DATASETS)}) from error
+                except ValueError as error:  # more partitions than rows, say
+                    raise ApiError(422, str(error), {"field": "mock_data_configuration"}) from error
+
+        histogram = slow.run("mock data request", limits.mock_timeout_s, make)
         rows = {node: sum(counts.values()) for node, counts in histogram.items()}
-        return jsonify({"message": MOCK_STARTED, "data_tag": config.data_tag, "nodes": rows}), 200
+        return jsonify({"message": MOCK_STARTED, "data_tag": config.data_tag, "owner": owner, "nodes": rows}), 200
+
+    @app.get("/api/flops/data")
+    @authenticated
+    def data_tags() -> Response:
+        """The data tags the caller's projects may train on (every tag for the admin), with their nodes."""
+        principal: Principal = g.principal
+        customer = None if principal.is_admin else principal.customer_id
+        listing = tag_listing(discover_nodes(settings.nodes_dir), customer)
+        if customer is not None:  # a shared tag's owner is another customer's name: not shown
+            for entry in listing:
+                entry["owners"] = [owner for owner in entry["owners"] if owner == customer]  # type: ignore[attr-defined]
+        return jsonify(listing)
 
     @app.post("/api/flops/tokens")
     @authenticated
     def create_token() -> tuple[Response, int]:
         admin_only()
         try:
-            body = TokenRequest.model_validate_json(json_body())
+            body = TokenRequest.model_validate(document(yaml_allowed=False))
         except ValidationError as error:
             raise ApiError(422, "invalid token request", error.errors(include_url=False)) from error
-        return jsonify({"customer_id": body.customer_id, "token": tokens.create_customer_token(body.customer_id)}), 201
+        try:
+            token = tokens.create_customer_token(body.customer_id)
+        except ValueError as error:
+            raise ApiError(422, str(error), {"field": "customer_id"}) from error
+        return jsonify({"customer_id": body.customer_id, "token": token}), 201
 
     @app.delete("/api/flops/database")
     @authenticated
@@ -317,7 +444,8 @@ def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, An
     The builder runs as a child in its own process group, without the broker's settings (a
     dry run publishes no events), and is killed with its group after
     `settings.dry_run_timeout_s`. Returns what the check found; raises `ApiError` with the
-    builder's whole reason (422), or when the check ran out of time (504).
+    builder's whole reason (422), when the check ran out of time (504), or when the builder
+    ended without an outcome (502).
     """
     scratch_root = settings.home / "dry-runs"
     scratch_root.mkdir(parents=True, exist_ok=True)
@@ -347,7 +475,7 @@ def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, An
         if not result_file.is_file():
             tail = "\n".join(output.decode(errors="replace").splitlines()[-15:])
             raise ApiError(
-                500,
+                502,
                 f"the repository check exited ({child.returncode}) without a result:\n{tail}",
                 {"stage": "check"},
             )
@@ -355,7 +483,7 @@ def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, An
             outcome = BuildOutcome.model_validate_json(result_file.read_text(encoding="utf-8"))
         except ValidationError as error:
             raise ApiError(
-                500, "the repository check wrote neither a result nor a failure", {"stage": "check"}
+                502, "the repository check wrote neither a result nor a failure", {"stage": "check"}
             ) from error
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -158,8 +158,8 @@ class TokenService:
         customer_id = customer_id.strip()
         if not customer_id:
             raise ValueError("customer_id must not be empty")
-        if customer_id == ADMIN_CUSTOMER_ID:
-            raise ValueError(f"{ADMIN_CUSTOMER_ID!r} is reserved for the admin")
+        if customer_id.lower() == ADMIN_CUSTOMER_ID:  # "Admin" too: the operator's customer, owner of unmarked data
+            raise ValueError(f"{customer_id!r} is reserved for the admin: choose another customer id")
         token = new_token()
         self._register(token, customer_id, "customer")
         return token

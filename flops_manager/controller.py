@@ -14,6 +14,12 @@ and `cancelled` reachable from every active state. In controller-runtime's sense
   and fails the stage only after `retry_give_up_s`.
 
 A restarted manager needs nothing but the store: every active project is reconciled again.
+
+Events are trusted as far as the broker vouches for their sender: each actor has its own
+MQTT user that may publish only its own project's, its own component's topic
+(`flops.mqtt_acl`), and `flops.events.decode_event` refuses a body whose project or
+component is not its topic's. `handle_event` then takes only what the project's actors can
+send: a builder or aggregator event of a project that never ran one is refused and logged.
 """
 
 import logging
@@ -26,15 +32,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from flops.build import BuildFailure, BuildResult
-from flops.events import AggregatorFinished, BuilderFailed, Component, Event, EventName
+from flops.events import (
+    AggregatorFinished,
+    BuilderFailed,
+    Component,
+    Event,
+    EventName,
+    EventSchemaError,
+    EventSenderMismatch,
+    decode_event,
+)
 from flops.sla import ProjectSLA
 from flops.training import RoundReport
+from flops_manager.credentials import ActorCredentials
 from flops_manager.models import EventRecord, Project, ProjectError, ProjectStatus, default_model_name
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError
 from flops_manager.settings import ManagerSettings
 from flops_manager.stages import build, deploy, post_training, teardown, training
 from flops_manager.stages.context import StageContext
+from flops_manager.stages.credentials import ManagerContext
 from flops_manager.stages.errors import StageError, is_transient, next_retry
+from flops_manager.stages.restarts import SpecRecorder
 from flops_manager.store import ProjectStore
 
 log = logging.getLogger("flops.manager")
@@ -65,8 +83,14 @@ class Controller:
         settings: ManagerSettings,
         *,
         clock: Callable[[], float] = time.time,
+        credentials: ActorCredentials | None = None,
     ) -> None:
-        self.context = StageContext(store=store, orchestrators=orchestrators, settings=settings, clock=clock)
+        if credentials is None and settings.mqtt.username:  # a broker with users: one per actor
+            credentials = ActorCredentials(settings.mqtt)
+        recorded = {name: SpecRecorder(backend, settings.runs_dir) for name, backend in orchestrators.items()}
+        self.context = ManagerContext(
+            store=store, orchestrators=recorded, settings=settings, clock=clock, credentials=credentials
+        )
         self.lock = threading.RLock()  # one reconcile at a time; events never wait for it
         self.wake = threading.Event()
         self.serving_checked_at = float("-inf")
@@ -125,11 +149,30 @@ class Controller:
         return sorted({handle.name for handle in project.deployment})
 
     # --------------------------------------------------------------- event side
+    def receive(self, topic: str, body: bytes) -> None:
+        """One MQTT message: decoded against its topic, then handled; what cannot be trusted is logged and dropped."""
+        try:
+            event = decode_event(topic, body)
+        except EventSenderMismatch as error:
+            log.warning("%s", error)
+            return
+        except EventSchemaError as error:
+            log.warning("dropped event: %s", error)
+            return
+        try:
+            self.handle_event(event)
+        except Exception:
+            log.exception("handling %s failed", topic)
+
     def handle_event(self, event: Event) -> None:
         """Record the event (once by id) and the facts it carries; the loop acts on them."""
         project = self.store.get(event.project_id)
         if project is None:
             log.warning("event for unknown project %s: %s", event.project_id, event.topic)
+            return
+        refusal = sender_refusal(project, event)
+        if refusal:
+            log.warning("refused event %s (%s): %s", event.topic, event.event_id, refusal)
             return
         try:
             payload = event.typed_payload()
@@ -235,6 +278,18 @@ class Controller:
         self.store.transition(
             project.project_id, final, error=ProjectError(stage=stage, message=message), now=self.context.clock()
         )
+
+
+# The service whose events change a project's facts, per component: only it may have sent them.
+SENDERS = {Component.BUILDER: build.BUILDER, Component.AGGREGATOR: deploy.AGGREGATOR}
+
+
+def sender_refusal(project: Project, event: Event) -> str | None:
+    """Why the project cannot have sent `event` (None: it can): the component never ran for it."""
+    service = SENDERS.get(event.component)
+    if service is not None and not any(handle.name == service for handle in project.deployment):
+        return f"project {project.project_id} never ran a {service}"
+    return None
 
 
 def facts(project: Project, event: Event, payload: Any) -> dict[str, Any]:

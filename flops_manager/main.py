@@ -6,14 +6,14 @@ import signal
 import threading
 from types import FrameType
 
-from waitress import serve
-
 from flops.client import admin_token_file
-from flops.events import EventSchemaError, all_projects_filter, decode_event
+from flops.config import ensure_private_home
+from flops.events import all_projects_filter
 from flops.mqtt import EventSubscriber
 from flops_manager.api import create_app
 from flops_manager.auth import TokenService
 from flops_manager.controller import Controller
+from flops_manager.http_server import make_server
 from flops_manager.orchestration import OrchestratorError, build_orchestrators
 from flops_manager.orchestration.settings import identity_provider
 from flops_manager.settings import ManagerSettings
@@ -29,28 +29,22 @@ def main() -> None:
         settings = ManagerSettings.from_env(os.environ)
     except OrchestratorError as error:
         raise SystemExit(f"flops-manager: {error}") from error
-    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_private_home(settings.home)  # 0700, a looser mode tightened: user code sees it only through binds
     store = open_store(settings.mongo_uri, settings.home / "store")
     tokens = TokenService(store, identity_provider(settings.orchestration))
     token_file = admin_token_file(settings.home)
     token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     revealed = tokens.ensure_admin_token(settings.admin_token, settings.admin_token_file, token_file)
     if revealed:
-        print(f"flops-manager: admin token created (shown once, also in {token_file}): {revealed}", flush=True)
+        # Never the token itself: this output is manager.log.
+        print(f"flops-manager: admin token created; it is in {token_file} (readable by this user only)", flush=True)
     controller = Controller(store, build_orchestrators(settings.orchestration, settings.runs_dir, store), settings)
-
-    def on_message(topic: str, body: bytes) -> None:
-        try:
-            controller.handle_event(decode_event(topic, body))
-        except EventSchemaError as error:
-            log.warning("dropped event: %s", error)
-        except Exception:
-            log.exception("handling %s failed", topic)
 
     stop = threading.Event()
     loop = threading.Thread(target=controller.run, args=(stop,), name="reconcile", daemon=True)
     loop.start()
-    subscriber = EventSubscriber(settings.mqtt, MANAGER_CLIENT_ID, all_projects_filter(), on_message)
+    # Decoded against its topic (a forged envelope is refused and logged), then recorded.
+    subscriber = EventSubscriber(settings.mqtt, MANAGER_CLIENT_ID, all_projects_filter(), controller.receive)
 
     def shutdown(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -60,7 +54,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, shutdown)
     app = create_app(controller, tokens)
     print(f"flops-manager: listening on http://{settings.host}:{settings.port}", flush=True)
-    serve(app, host=settings.host, port=settings.port, threads=8, ident="flops-manager")
+    make_server(app, settings.host, settings.port, settings.limits).run()
 
 
 if __name__ == "__main__":

@@ -39,11 +39,25 @@ STATUS_ORDER = {status: index for index, status in enumerate(ProjectStatus)}
 
 
 def default_model_name(sla: ProjectSLA) -> str:
-    """The Model Registry name of a project: its `project_name`, else the repository's name."""
+    """The name of a project, as FLOps named it: its `project_name`, else the repository's name.
+
+    Images are named after it (with the customer as a separate part); in MLflow it is prefixed
+    with the customer (`registry_name`).
+    """
     if sla.project_name:
         return sla.project_name
     name = sla.ml_repo_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     return name or "flops-model"
+
+
+def registry_name(customer_id: str, sla: ProjectSLA) -> str:
+    """The project's registered model and experiment in MLflow: `<customerID>.<name>`.
+
+    Registered model names are global in MLflow; the customer prefix keeps two customers'
+    models apart in the registry and in `models:/` URIs (`models:/acme.digits/3`), while a
+    customer's projects with one name still share one model (versions 1, 2, ...), as in FLOps.
+    """
+    return f"{customer_id}.{default_model_name(sla)}"
 
 
 class StageTiming(BaseModel):

@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 
 from flops.config import flops_home, tracking_uri
 from flops.mqtt import MqttSettings
+from flops_manager.limits import ApiLimits
 from flops_manager.orchestration.settings import OrchestrationSettings
+from flops_manager.sources import SourcePolicy
 
 DEFAULT_RETRY_GIVE_UP_S = 600.0
 
@@ -63,6 +65,11 @@ class ManagerSettings(BaseModel):
     mongo_uri: str | None = None
     mqtt: MqttSettings
     tracking_uri: str
+    # The tracking server's admin credentials (the observatory's admin-credentials.json), read at
+    # each use; None: a tracking server without authentication (projects get no identities).
+    tracking_credentials_file: Path | None = None
+    # How long the aggregator waits for an unreachable tracking server before the training fails.
+    tracking_outage_limit_s: float = Field(default=120.0, gt=0)
     nodes_dir: Path
     reconcile_interval_s: float = 1.0
     # How long a dry run (`POST /api/flops/projects?dry_run=1`) may fetch and check a repository.
@@ -82,6 +89,9 @@ class ManagerSettings(BaseModel):
     images: ImageSettings | None = None
     # Which backends besides `local` are enabled (DOCKER_HOST, FLOPS_OAKESTRA_*).
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    # Which ml_repo_url a project may name (FLOPS_REPO_*), and the API's limits and timeouts.
+    sources: SourcePolicy = Field(default_factory=SourcePolicy)
+    limits: ApiLimits = Field(default_factory=ApiLimits)
 
     @property
     def runs_dir(self) -> Path:
@@ -112,6 +122,10 @@ class ManagerSettings(BaseModel):
             mongo_uri=env.get("FLOPS_MONGO_URI") or None,
             mqtt=mqtt,
             tracking_uri=tracking_uri(env),
+            tracking_credentials_file=Path(env["FLOPS_TRACKING_CREDENTIALS_FILE"])
+            if env.get("FLOPS_TRACKING_CREDENTIALS_FILE")
+            else None,
+            tracking_outage_limit_s=float(env.get("FLOPS_TRACKING_OUTAGE_LIMIT") or 120),
             nodes_dir=Path(env.get("FLOPS_NODES_DIR") or home / "nodes"),
             reconcile_interval_s=float(env.get("FLOPS_RECONCILE_INTERVAL", "1.0")),
             dry_run_timeout_s=float(env.get("FLOPS_DRY_RUN_TIMEOUT", "60")),
@@ -122,4 +136,6 @@ class ManagerSettings(BaseModel):
             placeholder_images=env.get("FLOPS_PLACEHOLDER_IMAGES") == "1",
             images=ImageSettings.from_env(env),
             orchestration=OrchestrationSettings.from_env(env),
+            sources=SourcePolicy.from_env(env),
+            limits=ApiLimits.from_env(env),
         )

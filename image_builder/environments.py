@@ -19,9 +19,25 @@ it. Each environment is checked before it is kept (`_verify`): the platform impo
 data stack imports (numpy, pyarrow, pandas, datasets: a NumPy that pyarrow cannot run with
 fails the build, not round 1), torch and torchvision import together where present, and
 MLflow is absent from learners and present in the aggregator's.
+
+Every step that may run a requirement's code (creating the environment, `uv pip install` /
+`pip install` running a `setup.py` or build backend, resolving (which builds sdists for their
+metadata), and the import check, which runs `.pth` files and import-time code) runs in a
+sandbox (`flops.sandbox`, as FLOPS_SANDBOX_UID when the builder is root): it writes only
+the environment being built and a private scratch folder (HOME, temp files, uv's cache), reads
+the system, this interpreter, the platform wheel, the index's local find-links and CA files,
+and sees nothing of FLOPS_HOME (store, tokens, other builds). Its environment is the index's
+and network's settings (`UV_*`, `PIP_*`, CA files, proxies), nothing else of the builder's.
+uv's cache is the builder's, read-only to the sandbox: each step gets a private copy (hard
+links of the immutable unpacked wheels, copies of the small rest; `seed_uv_cache`), so a
+build cannot poison another's packages; what a step downloads is dropped with the copy.
+Once installed, the environment is handed back to the builder's user (`restore_owner`), so
+no sandbox can change a cached environment later. The platform wheel is built unsandboxed:
+it is FLOps's own code.
 """
 
 import configparser
+import errno
 import json
 import os
 import platform as _platform
@@ -32,11 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from flops.runtime_env import without_manager_secrets
+from flops.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, python_paths, runtime_paths
 from image_builder.dependencies import Resolution, torchvision_fix, torchvision_for
 from image_builder.files import file_lock, read_json, remove_tree, text_digest, tree_digest, write_json_atomic
 
@@ -47,6 +66,15 @@ MARKER = "flops-env.json"
 KEY_FORMAT = 1
 
 RESOLVE_TIMEOUT_S = 300.0
+CHECK_TIMEOUT_S = 300.0
+# What of the builder's environment an install step keeps: the index's and the network's settings.
+INSTALL_ENV_PREFIXES = ("UV_", "PIP_")
+INSTALL_ENV_NAMES = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+)  # fmt: skip
+# uv's cache buckets of unpacked wheels: never written once made, shared with the sandbox as hard links.
+_IMMUTABLE_BUCKET = re.compile(r"^archive-v\d+$")
 
 # Run inside a new environment: one JSON line {"versions": ..., "problems": [...]}. Every
 # module is imported, so one broken import does not hide the next.
@@ -257,35 +285,113 @@ def builder_uv() -> Path | None:
 
 @dataclass(frozen=True)
 class Installer:
-    """uv when it sits next to the interpreter, else `python -m venv` and pip."""
+    """uv when it sits next to the interpreter, else `python -m venv` and pip.
+
+    Steps that may run a requirement's code run in `sandbox` (default: `SandboxSettings.from_env()`).
+    """
 
     uv: Path | None
     index: IndexSettings
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings.from_env, compare=False)
 
     @classmethod
-    def detect(cls, index: IndexSettings, force_pip: bool = False) -> "Installer":
+    def detect(
+        cls, index: IndexSettings, force_pip: bool = False, sandbox: SandboxSettings | None = None
+    ) -> "Installer":
         uv = builder_uv()
-        return cls(uv=None if force_pip else uv, index=index)
+        return cls(uv=None if force_pip else uv, index=index, sandbox=sandbox or SandboxSettings.from_env())
 
     @property
     def name(self) -> str:
         return "uv" if self.uv else "pip"
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The trusted steps' environment (the platform wheel): the builder's, without the manager's secrets."""
+        env = without_manager_secrets(os.environ)
         env.setdefault("UV_PYTHON_DOWNLOADS", "never")
         if env.get("PIP_CERT") and not env.get("SSL_CERT_FILE"):
             env["SSL_CERT_FILE"] = env["PIP_CERT"]
         return env
+
+    def install_env(self, cache: Path | None) -> dict[str, str]:
+        """What a sandboxed step gets of the builder's environment: index, CA files, proxies; uv's cache `cache`."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.startswith(INSTALL_ENV_PREFIXES) or key in INSTALL_ENV_NAMES
+        }
+        env.pop("UV_CACHE_DIR", None)
+        env.setdefault("UV_PYTHON_DOWNLOADS", "never")
+        env.setdefault("UV_LINK_MODE", "copy")  # the cache's files are the builder's: no hard links to them
+        if cache is not None:
+            env["UV_CACHE_DIR"] = str(cache)
+        if env.get("PIP_CERT") and not env.get("SSL_CERT_FILE"):
+            env["SSL_CERT_FILE"] = env["PIP_CERT"]
+        if not self.uv:  # pip reads the user's pip.conf from HOME, which the sandbox replaces
+            env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            if self.index.index_url:
+                env.setdefault("PIP_INDEX_URL", self.index.index_url)
+            if self.index.extra_index_urls:
+                env.setdefault("PIP_EXTRA_INDEX_URL", " ".join(self.index.extra_index_urls))
+            if self.index.find_links:
+                env.setdefault("PIP_FIND_LINKS", " ".join(self.index.find_links))
+            if self.index.no_index:
+                env.setdefault("PIP_NO_INDEX", "1")
+        return env
+
+    def sandboxed(
+        self,
+        cmd: list[str],
+        scratch: Path,
+        read_only: Iterable[Path] = (),
+        writable: Iterable[Path] = (),
+        wheels: bool = True,
+    ) -> tuple[list[str], dict[str, str]]:
+        """`cmd` as it runs in this installer's sandbox, and its whole environment.
+
+        `scratch` (writable, private to the step) holds its HOME and its copy of uv's cache
+        (with the unpacked wheels unless `wheels` is False: resolving reads metadata only);
+        the step also reads this interpreter, the index's local files and `read_only`.
+        """
+        try:
+            self.sandbox.check()
+        except SandboxUnavailable as error:
+            raise BuildEnvironmentError(f"cannot sandbox the install step: {error}") from error
+        cache = scratch / "uv-cache" if self.uv else None
+        if cache is not None and not cache.exists():
+            seed_uv_cache(shared_uv_cache(), cache, wheels=wheels)
+        extra = self.install_env(cache)
+        sandbox = Sandbox.create(
+            self.sandbox,
+            scratch / "home",
+            read_only=[*runtime_paths(), *self._index_files(extra), *read_only],
+            writable=[scratch, *writable],
+            extra_env=extra,
+            scripts=[Path(sys.executable).parent],
+            die_with_parent=True,
+        )
+        sandbox.prepare()
+        return sandbox.wrap(cmd), sandbox.env
+
+    def _index_files(self, env: Mapping[str, str]) -> list[Path]:
+        """Local files the index settings name: file:// indexes, find-links folders, CA bundles, uv's config."""
+        index = self.index
+        # A file:// index's pages link to files beside them (`<root>/simple` and `<root>/files`): its root.
+        roots = [_file_path(url).rstrip("/").rsplit("/", 1)[0] for url in (index.index_url, *index.extra_index_urls)]
+        values = [*roots, *map(_file_path, index.find_links)]
+        values += [value for key, value in env.items() if key != "UV_CACHE_DIR"]
+        return [Path(value) for value in values if os.path.isabs(value) and os.path.exists(value)]
 
     def create_venv(self, target: Path, log: Log) -> None:
         if self.uv:
             cmd = [str(self.uv), "venv", "--relocatable", "--python", sys.executable, str(target)]
         else:
             cmd = [sys.executable, "-m", "venv", str(target)]
-        run_logged(cmd, log, "creating the virtual environment", self._env())
+        argv, env = self.sandboxed(cmd, target.parent)
+        run_logged(cmd, log, "creating the virtual environment", env, argv=argv)
 
-    def install(self, target: Path, requirements: list[str], log: Log) -> None:
+    def install(self, target: Path, requirements: list[str], log: Log, read_only: Sequence[Path] = ()) -> None:
+        """Install `requirements` into `target` in the sandbox (writable: `target`'s folder; plus `read_only`)."""
         python = target / "bin" / "python"
         if self.uv:
             cmd = [
@@ -302,7 +408,8 @@ class Installer:
             ]
         else:
             cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
-        run_logged(cmd, log, "installing packages", self._env())
+        argv, env = self.sandboxed(cmd, target.parent, read_only=read_only)
+        run_logged(cmd, log, "installing packages", env, argv=argv)
 
     @property
     def identity(self) -> str:
@@ -314,9 +421,10 @@ class Installer:
 
         uv: `uv pip compile` (metadata only); pip: `pip install --dry-run --report`. A failure
         that is a conflict comes back with the resolver's whole reason; any other failure
-        (no network, a timeout) as not a conflict.
+        (no network, a timeout) as not a conflict. Runs in the sandbox: resolving builds
+        sdists (their `setup.py` runs) to read their metadata.
         """
-        with tempfile.TemporaryDirectory(prefix="flops-resolve-") as folder:
+        with tempfile.TemporaryDirectory(prefix="flops-resolve-", dir=_scratch_parent()) as folder:
             if self.uv:
                 infile = Path(folder) / "requirements.in"
                 infile.write_text("".join(f"{line}\n" for line in requirements), encoding="utf-8")
@@ -333,14 +441,15 @@ class Installer:
                     *("-m", "pip", "install", "--dry-run", "--ignore-installed", "--disable-pip-version-check"),
                     *("--no-input", "--report", str(report), *requirements),
                 ]
+            argv, env = self.sandboxed(cmd, Path(folder), wheels=False)
             try:
                 # pip writes its conflict's details to stdout and the error to stderr: one stream keeps their order.
                 done = subprocess.run(
-                    cmd,
+                    argv,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE if self.uv else subprocess.STDOUT,
                     text=True,
-                    env=self._env(),
+                    env=env,
                     timeout=timeout,
                     check=False,
                 )
@@ -359,6 +468,7 @@ class Installer:
         return Resolution(versions=None, message=message, conflict=conflict)
 
     def build_wheel(self, source: Path, out: Path, log: Log) -> None:
+        """The platform's wheel: FLOps's own code, built unsandboxed with the builder's cache."""
         if self.uv:
             cmd = [str(self.uv), "build", "--quiet", "--wheel", "--out-dir", str(out), *self.index.uv_args()]
         else:
@@ -366,12 +476,102 @@ class Installer:
         run_logged([*cmd, str(source)], log, "building the platform wheel", self._env())
 
 
-def run_logged(cmd: list[str], log: Log, what: str, env: Mapping[str, str] | None = None) -> list[str]:
-    """Run `cmd`, logging its output as it comes; raise a one-line error if it fails."""
+def _file_path(url: str | None) -> str:
+    """The local path of a file:// URL or a plain path; "" for anything else."""
+    if not url:
+        return ""
+    if url.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return url if os.path.isabs(url) else ""
+
+
+def shared_uv_cache() -> Path | None:
+    """The builder's own uv cache (UV_CACHE_DIR, else XDG_CACHE_HOME/uv, else ~/.cache/uv); None: uv caches nothing."""
+    if os.environ.get("UV_NO_CACHE"):
+        return None
+    if os.environ.get("UV_CACHE_DIR"):
+        return Path(os.environ["UV_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv"
+
+
+def _scratch_parent() -> str | None:
+    """Where a resolver's scratch folder goes: next to uv's cache (hard links need one file system)."""
+    shared = shared_uv_cache()
+    parent = shared.parent if shared is not None else None
+    return str(parent) if parent is not None and parent.is_dir() and os.access(parent, os.W_OK) else None
+
+
+def seed_uv_cache(shared: Path | None, dest: Path, wheels: bool = True) -> bool:
+    """Make `dest` a private copy of uv's cache `shared`; whether anything was copied.
+
+    Unpacked wheels (`archive-v*`, never changed once made) are hard links: the sandbox's uid
+    can read them but not change them (they stay the builder's, and `give_tree` leaves files
+    with more than one link alone). The small rest (index pages, built-wheel records) is
+    copied, lock files left out; `wheels` False leaves the unpacked wheels out (a resolver
+    needs metadata only). Another file system than the cache's, or no cache: `dest` starts
+    empty and uv downloads what it needs.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    if shared is None or not shared.is_dir():
+        return False
+    try:
+        for folder, dirs, files in os.walk(shared):
+            relative = os.path.relpath(folder, shared)
+            target = dest if relative == "." else dest / relative
+            immutable = bool(_IMMUTABLE_BUCKET.match(Path(relative).parts[0])) if relative != "." else False
+            if relative == "." and not wheels:
+                dirs[:] = [name for name in dirs if not _IMMUTABLE_BUCKET.match(name)]
+            for name in list(dirs):
+                source = os.path.join(folder, name)
+                if os.path.islink(source):
+                    os.symlink(os.readlink(source), target / name)
+                    dirs.remove(name)
+                else:
+                    (target / name).mkdir(exist_ok=True)
+            for name in files:
+                source = os.path.join(folder, name)
+                if os.path.islink(source):
+                    os.symlink(os.readlink(source), target / name)
+                elif immutable:
+                    os.link(source, target / name)
+                elif not name.endswith(".lock"):
+                    shutil.copy2(source, target / name)
+    except OSError as error:
+        remove_tree(dest)
+        dest.mkdir(parents=True)
+        if error.errno != errno.EXDEV:
+            raise BuildEnvironmentError(f"cannot copy uv's cache {shared} for the sandbox: {error}") from error
+        return False
+    return True
+
+
+def restore_owner(path: Path) -> None:
+    """Give a tree the sandbox wrote back to the builder's user, setuid/setgid and world-write bits cleared.
+
+    A cached environment then stays as built: no later sandbox (same uid) can change it.
+    """
+    if os.geteuid() != 0:
+        return
+    uid, gid = os.getuid(), os.getgid()
+    for folder, dirs, files in os.walk(path):
+        for entry in (folder, *(os.path.join(folder, name) for name in (*dirs, *files))):
+            info = os.lstat(entry)
+            os.lchown(entry, uid, gid)
+            if not os.path.islink(entry):
+                os.chmod(entry, info.st_mode & 0o7777 & ~0o6002)
+
+
+def run_logged(
+    cmd: list[str], log: Log, what: str, env: Mapping[str, str] | None = None, argv: list[str] | None = None
+) -> list[str]:
+    """Run `cmd` (as `argv`, its sandboxed form, when given), logging its output as it comes.
+
+    Raise a one-line error if it fails. The log shows `cmd`, not the sandbox around it.
+    """
     log("  $ " + shlex.join(cmd))
     tail: deque[str] = deque(maxlen=80)
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(env or os.environ)
+        argv or cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(env or os.environ)
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -547,7 +747,7 @@ def ensure_platform_wheel(platform: Platform, cache_dir: Path, installer: Instal
     with file_lock(folder / ".wheel.lock"):
         wheels = sorted(wheel_dir.glob("flops-*.whl"))
         if wheels:
-            return wheels[-1]
+            return _readable(wheels[-1])
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=".wheel-"))
         try:
             log(f"building the platform wheel from {platform.root} (source {platform.digest[:12]})")
@@ -558,7 +758,14 @@ def ensure_platform_wheel(platform: Platform, cache_dir: Path, installer: Instal
             os.rename(staging, wheel_dir)
         finally:
             remove_tree(staging)
-        return sorted(wheel_dir.glob("flops-*.whl"))[-1]
+        return _readable(sorted(wheel_dir.glob("flops-*.whl"))[-1])
+
+
+def _readable(wheel: Path) -> Path:
+    """The platform wheel and its folder readable by everyone: sandboxed installs read it as another uid."""
+    wheel.parent.chmod(0o755)
+    wheel.chmod(0o644)
+    return wheel
 
 
 def ensure_environment(
@@ -588,8 +795,10 @@ def ensure_environment(
             target = staging / "env"
             log(f"building the {role} environment with {installer.name} in {final}")
             installer.create_venv(target, log)
-            installer.install(target, [platform.requirement(role, wheel), *requirements], log)
-            _verify(role, target, log)
+            wheels = [wheel.parent, wheel.parent.resolve()]  # the platform wheel: all the install reads of the cache
+            installer.install(target, [platform.requirement(role, wheel), *requirements], log, read_only=wheels)
+            restore_owner(target)  # the builder's from now on: no sandbox changes a cached environment
+            _verify(role, target, log, installer.sandbox)
             _relocate_scripts(target, final)
             write_json_atomic(
                 target / MARKER,
@@ -613,22 +822,40 @@ def ensure_environment(
     return Environment(role=role, path=final, key=key, reused=False)
 
 
-def check_environment(role: str, python: Path, label: str = "the dependency file") -> tuple[dict[str, str], list[str]]:
+def check_environment(
+    role: str, python: Path, label: str = "the dependency file", sandbox: SandboxSettings | None = None
+) -> tuple[dict[str, str], list[str]]:
     """Import what `role` needs with `python`: the versions found and every problem, named.
 
     The platform and the data stack (numpy, pyarrow, pandas; datasets for learners) must
     import; learners must not see MLflow, the aggregator must import it; where torchvision
     is installed, it must work with the torch beside it (`torch.ops.torchvision.nms`).
+    Importing runs the packages' code (and `.pth` files): it runs in the sandbox, the
+    environment read-only (default settings: `SandboxSettings.from_env()`).
     """
-    # Isolated (-I) and away from any checkout: `import flops` must find the environment's own.
-    result = subprocess.run(
-        [str(python), "-I", "-c", _CHECK, role],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=python.parent,
-    )
+    settings = sandbox or SandboxSettings.from_env()
+    try:
+        settings.check()
+    except SandboxUnavailable as error:
+        return {}, [f"cannot sandbox the environment check: {error}"]
+    with tempfile.TemporaryDirectory(prefix="flops-check-") as scratch:
+        # Isolated (-I) and away from any checkout: `import flops` must find the environment's own.
+        isolated = Sandbox.create(
+            settings,
+            Path(scratch) / "home",
+            read_only=[*python_paths(python), *runtime_paths()],
+            die_with_parent=True,
+        )
+        isolated.prepare()
+        result = subprocess.run(
+            isolated.wrap([str(python), "-I", "-c", _CHECK, role]),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=CHECK_TIMEOUT_S,
+            cwd=scratch,
+            env=isolated.env,
+        )
     report = None
     for line in reversed(result.stdout.splitlines()):
         try:
@@ -657,10 +884,10 @@ def check_environment(role: str, python: Path, label: str = "the dependency file
     return versions, problems
 
 
-def _verify(role: str, target: Path, log: Log) -> None:
+def _verify(role: str, target: Path, log: Log, sandbox: SandboxSettings | None = None) -> None:
     """The environment is kept only when `check_environment` finds no problem."""
     log(f"checking the {role} environment")
-    versions, problems = check_environment(role, target / "bin" / "python", "the dependency file")
+    versions, problems = check_environment(role, target / "bin" / "python", "the dependency file", sandbox)
     if versions:
         log("    " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())))
     for problem in problems:

@@ -2,10 +2,10 @@
 
 `fetch_source` runs three timed stages and returns a `Source`:
 
-- fetch: check out the ref into the shared checkout cache (`<cache>/repos/<checkout_key>`,
-  under a file lock, so a concurrent build of another ref cannot mix in), refuse a tree
-  larger than the limit or with a symlink leaving it, and copy the tree to the build's
-  private folder;
+- fetch: clone the ref into a scratch folder beside the build's private copy (no clone is
+  shared between builds or outlives its build: a refused or failed build leaves none), refuse
+  a tree larger than the limit or with a symlink leaving it, copy the tree to the build's
+  private folder and remove the clone;
 - validate: the ML-repository contract (`flops.ml_repo.contract`) on the private copy;
 - dependencies: the one dependency file, fitted to the platform; given a resolver, the
   platform's requirements and the user's are resolved together and exactly the user pins
@@ -14,7 +14,9 @@
   in `BuildResult.dependency_warnings`.
 
 A refusal found while copying is reported at `validate`, as the contract is. The local and
-OCI targets build from `Source.repo`; `--check-only` stops here.
+OCI targets build from `Source.repo`; `--check-only` stops here. A builder killed mid-build
+(a dry run past its time limit) leaves its work folder; the next builder removes it once the
+process that made it is gone.
 """
 
 import os
@@ -28,7 +30,7 @@ from typing import Protocol
 
 from flops.build import BuildResult
 from flops.ml_repo.contract import validate_repository
-from flops.ml_repo.source import checkout_key, fetch_repository
+from flops.ml_repo.source import fetch_repository
 from image_builder.dependencies import (
     Dependencies,
     PlatformPins,
@@ -38,10 +40,13 @@ from image_builder.dependencies import (
     fit_by_resolution,
     read_dependencies,
 )
-from image_builder.files import copy_repository, file_lock, remove_tree, walk_repository
+from image_builder.files import copy_repository, remove_tree, walk_repository
 from image_builder.stages import Stages, progress
 
 STALE_WORK_S = 24 * 3600
+# A work folder whose builder is gone is removed after this long (its pid is in OWNER_FILE).
+ORPHANED_WORK_S = 60
+OWNER_FILE = "builder.pid"
 
 
 class RepositoryRefused(ValueError):
@@ -65,7 +70,7 @@ class Source:
 
     url: str  # as fetched: a local path resolved, a URL as given
     commit: str  # "" for a local folder without git
-    checkout: Path  # the shared checkout the copy was taken from
+    checkout: Path  # the clone the copy was taken from (removed once copied; a local folder stays)
     repo: Path  # this build's private copy
     size: int  # bytes of regular files
     dependencies: Dependencies
@@ -118,15 +123,17 @@ def fetch_source(
     """
     refusal: RepositoryRefused | None = None
     size = 0
+    scratch = dest.with_name(dest.name + ".clone")
     with stages.timed("fetch"):
-        # Held only while copying this build's tree out of the shared checkout.
-        with file_lock(cache / "repos" / ".locks" / f"{checkout_key(repo_url)}.lock"):
-            fetched = fetch_repository(repo_url, ref, cache / "repos")
+        try:
+            fetched = fetch_repository(repo_url, ref, scratch)
             try:
                 size = check_tree(fetched.path, max_bytes)
                 copy_repository(fetched.path, dest)
             except RepositoryRefused as error:
                 refusal = error
+        finally:
+            remove_tree(scratch)  # the clone, also of a refused or unreachable repository
         progress(f"fetched {fetched.url}" + (f" at {fetched.commit}" if fetched.commit else " (no git)"))
     with stages.timed("validate"):
         if refusal is not None:
@@ -152,6 +159,7 @@ def private_source(request: BuildRequest, stages: Stages, resolver: Resolver | N
     """The checked source in a private work folder of this build, removed afterwards."""
     work = Path(tempfile.mkdtemp(dir=_work_dir(request.cache), prefix="build-"))
     try:
+        (work / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
         yield fetch_source(
             request.repo_url, request.ref, request.cache, work / "repo", request.max_repo_bytes, stages, resolver
         )
@@ -160,16 +168,33 @@ def private_source(request: BuildRequest, stages: Stages, resolver: Resolver | N
 
 
 def _work_dir(cache: Path) -> Path:
-    """Scratch space for builds; leftovers of crashed builders are removed."""
+    """Scratch space for builds; leftovers of builders that died are removed."""
     work = cache / "work"
     work.mkdir(parents=True, exist_ok=True)
+    now = time.time()
     for stale in work.glob("build-*"):
         try:
-            if time.time() - stale.stat().st_mtime > STALE_WORK_S:
+            age = now - stale.stat().st_mtime
+            if age > STALE_WORK_S or (age > ORPHANED_WORK_S and not _owner_alive(stale)):
                 remove_tree(stale)
         except OSError:
             continue
     return work
+
+
+def _owner_alive(work: Path) -> bool:
+    """Whether the builder that made `work` still runs (unknown owners count as alive)."""
+    try:
+        pid = int((work / OWNER_FILE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Target(Protocol):

@@ -1,8 +1,10 @@
 """Shared fixtures: real servers on loopback with free ports, stopped after use."""
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,26 +16,41 @@ from flops.data.partition import partition
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
 from flops.runtime_env import FLOWER_OFFLINE_ENV
+from flops.tracking_auth import CREDENTIALS_FILE_ENV, MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV, read_credentials
+from flops.tracking_server import admin_credentials_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
 
 os.environ.update(FLOWER_OFFLINE_ENV)
+ADMIN_ENV = (MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV, CREDENTIALS_FILE_ENV)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (the observatory) with SQLite and local artefacts."""
+    """A real MLflow tracking server (the observatory) with SQLite and local artefacts.
+
+    It requires credentials: this test process, and what it starts (managers, `flops train`),
+    act as its admin (MLflow's variables, and the admin file a manager is given).
+    """
     home = tmp_path_factory.mktemp("observatory")
     port = free_port()
     process = ManagedProcess("observatory", observatory_command("127.0.0.1", port, home), home / "observatory.log")
     uri = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in ADMIN_ENV}
     try:
         assert wait_until(lambda: http_ok(f"{uri}/health") or not process.running(), 120, 0.5), process.log_tail()
         assert process.running(), process.log_tail()
+        admin_file = admin_credentials_file(home)
+        os.environ.update({**read_credentials(admin_file).env(), CREDENTIALS_FILE_ENV: str(admin_file)})
         yield uri
     finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         process.stop()
 
 
@@ -98,3 +115,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "containers" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def silent_git_server() -> Iterator[str]:
+    """An HTTP address that accepts connections and never answers, like a hung git server."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/user/model.git"
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in accepted:
+            connection.close()
+        listener.close()

@@ -13,11 +13,20 @@ from flops.actors import manager_command
 from flops.broker import MQTT_USER, start_broker
 from flops.net import free_port, http_ok, wait_until
 from flops.processes import ManagedProcess
+from flops_manager.sources import join_roots
 from tests.git_repos import git, make_git_repo
 
-__all__ = ["FINAL", "Manager", "git", "make_git_repo", "sla"]
+__all__ = ["FINAL", "Manager", "git", "make_git_repo", "repo_root_above", "sla"]
 
 FINAL = ("completed", "failed", "cancelled")
+
+
+def repo_root_above(path: Path) -> Path:
+    """pytest's temporary root above `path` (where tests make their repositories), else its parent."""
+    for parent in path.resolve().parents:
+        if parent.name.startswith("pytest-") and not parent.name.startswith("pytest-of-"):
+            return parent
+    return path.resolve().parent
 
 
 class Manager:
@@ -40,6 +49,9 @@ class Manager:
             "FLOPS_MANAGER_PORT": str(self.port),
             "FLOPS_ADMIN_TOKEN": self.admin_token,
             "FLOPS_RECONCILE_INTERVAL": "0.5",
+            # The tests' git repositories are local folders under pytest's temporary root: the
+            # manager takes local sources only under roots it is given (never its own home).
+            "FLOPS_REPO_LOCAL_ROOTS": join_roots([repo_root_above(home)]),
             **(extra_env or {}),
         }
         self.process: ManagedProcess | None = None

@@ -5,9 +5,7 @@ what the API answers and stores, not what the lifecycle does (tests/test_manager
 The dry runs start the real image builder in check-only mode, on real git repositories.
 """
 
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +23,11 @@ from flops_manager.models import ProjectStatus
 from flops_manager.orchestration import ENABLE_HINTS, ServiceSpec
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.settings import ManagerSettings
+from flops_manager.sources import SourcePolicy
 from flops_manager.store import ProjectStore, open_store
 from tests.conftest import EXAMPLES
 from tests.git_repos import git, make_git_repo
-from tests.manager_process import sla
+from tests.manager_process import repo_root_above, sla
 
 ADMIN_TOKEN = "flops_test-admin-token-0123456789abcdef"
 UNRESOLVABLE_URL = "https://flops-test-repository.invalid/user/model.git"
@@ -54,6 +53,9 @@ def make_settings(home: Path) -> ManagerSettings:
         mqtt=MqttSettings(host="127.0.0.1", port=1),  # nothing publishes: no reconcile loop starts builds
         tracking_uri="http://127.0.0.1:7027",
         nodes_dir=home / "nodes",
+        # The tests' repositories: local folders under pytest's root (admin only), and the
+        # silent git server's http:// address.
+        sources=SourcePolicy(schemes=["https", "http"], local_roots=[repo_root_above(home)]),
     )
 
 
@@ -74,10 +76,12 @@ def open_api(home: Path) -> tuple[Api, ProjectStore]:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One manager home with digits on node-1 and node-2 (made through the mocks endpoint)."""
+    """One manager home with digits on node-1 and node-2 (made through the mocks endpoint), shared
+    with every customer (tests/test_tenancy.py has tags of one customer's)."""
     instance, store = open_api(tmp_path_factory.mktemp("manager-home"))
     try:
-        body = {"mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits"}}
+        config = {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits", "shared": True}
+        body = {"mock_data_configuration": config}
         answer = instance.call("POST", "/api/flops/mocks", json=body)
         assert answer.status_code == 200, answer.get_json()
         assert answer.get_json()["message"] == "New Mock-Data-Provider started successfully"
@@ -200,16 +204,18 @@ def test_customers_see_only_their_own_projects(api: Api, digits_repo: Path) -> N
     bob = api.call("POST", "/api/flops/tokens", json={"customer_id": "bob"}).get_json()["token"]
     assert api.call("POST", "/api/flops/tokens", token=bob, json={"customer_id": "eve"}).status_code == 403
     assert api.call("POST", "/api/flops/tokens", json={"customer_id": "../x"}).status_code == 422
-    mine = api.call("POST", "/api/flops/projects", token=alice, json=sla(digits_repo, customerID="alice"))
+    remote = {"ml_repo_url": UNRESOLVABLE_URL}  # customer tokens name no local paths
+    mine = api.call("POST", "/api/flops/projects", token=alice, json=sla(digits_repo, customerID="alice", **remote))
     assert mine.status_code == 200, mine.get_json()
     project_id = mine.get_json()["project_id"]
     for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/logs"), ("DELETE", "")):
         assert api.call(method, f"/api/flops/projects/{project_id}{path}", token=bob).status_code == 404
     assert project_id not in [p["project_id"] for p in api.call("GET", "/api/flops/projects", token=bob).get_json()]
     assert project_id in [p["project_id"] for p in api.call("GET", "/api/flops/projects", token=alice).get_json()]
-    as_alice = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, customerID="alice"))
+    as_alice = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, customerID="alice", **remote))
     assert as_alice.status_code == 403 and "bob" in as_alice.get_json()["message"]
-    default_customer = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo))  # "Admin": me
+    # FLOps's default customer, "Admin", means "me" for a customer token.
+    default_customer = api.call("POST", "/api/flops/projects", token=bob, json=sla(digits_repo, **remote))
     assert default_customer.status_code == 200
     assert api.store.get(default_customer.get_json()["project_id"]).customer_id == "bob"  # type: ignore[union-attr]
     assert api.call("DELETE", "/api/flops/database", token=bob).status_code == 403
@@ -322,33 +328,6 @@ def test_dry_run_refuses_a_bad_repository_with_the_whole_reason(api: Api, digits
     assert bad_ref.status_code == 422 and "no-such-branch" in bad_ref.get_json()["message"]
     assert project_ids(api) == before
     assert dry_run_leftovers(api) == []
-
-
-@pytest.fixture
-def silent_git_server() -> Iterator[str]:
-    """An HTTP address that accepts connections and never answers, like a hung git server."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/user/model.git"
-    finally:
-        stop.set()
-        thread.join(5)
-        for connection in accepted:
-            connection.close()
-        listener.close()
 
 
 def builder_processes() -> set[int]:

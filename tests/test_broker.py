@@ -1,8 +1,10 @@
 """The stack's MQTT broker, Mosquitto and the embedded amqtt one, really started on loopback.
 
-Both must keep the same contract: only user `flops` with the generated password, QoS 1 with
-PUBACK, persistent sessions that queue QoS 1 messages while the client is away (the manager's
-subscription), a clean stop; and the password never on a command line or in an environment.
+Both must keep the same contract: the manager's user `flops` with the generated password, actor
+users the manager issues, QoS 1 with PUBACK, persistent sessions that queue QoS 1 messages
+while the client is away (the manager's subscription), a clean stop; and the password never on
+a command line or in an environment. Attacks on the per-actor users are in
+tests/test_event_trust.py.
 """
 
 import os
@@ -32,6 +34,7 @@ from flops.events import Component, EventName, LearnerReport, all_projects_filte
 from flops.mqtt import EventPublisher, EventSubscriber, MqttSettings, publish_once
 from flops.net import free_port, port_open, wait_until
 from flops.stack import StackSettings, _broker_fits
+from tests.broker_users import issue
 
 HAVE_MOSQUITTO = bool(mosquitto_binary() and mosquitto_passwd_binary())
 HAVE_AMQTT = broker_module.amqtt_version() is not None
@@ -91,8 +94,9 @@ def password(running: RunningBroker) -> str:
 
 def test_the_right_password_publishes_and_subscribes_at_qos_1(broker: RunningBroker) -> None:
     port = broker.port
+    learner = issue(broker, "p1", Component.LEARNER, "n1")
     subscriber = Client(port, MQTT_USER, password(broker), client_id="test-sub", clean=False)
-    publisher = Client(port, MQTT_USER, password(broker))
+    publisher = Client(port, learner.username, learner.password, client_id=learner.client_id or "")
     try:
         assert subscriber.accepted and publisher.accepted, (subscriber.reason, publisher.reason)
         result, _mid = subscriber.client.subscribe("flops/projects/+/+/+", qos=1)
@@ -176,11 +180,12 @@ def test_the_embedded_broker_carries_the_platforms_own_clients(tmp_path: Path) -
         }
     )
     assert settings is not None
+    learner = issue(running, "p1", Component.LEARNER)
     received: list[tuple[str, bytes]] = []
     subscriber = EventSubscriber(
         settings, "flops-manager-test", all_projects_filter(), lambda t, b: received.append((t, b))
     )
-    publisher = EventPublisher(settings)
+    publisher = EventPublisher(learner)
     try:
         assert subscriber.connected.wait(10)
         time.sleep(0.3)
@@ -189,7 +194,7 @@ def test_the_embedded_broker_carries_the_platforms_own_clients(tmp_path: Path) -
         ]
         for event in events[:2]:
             publisher.publish(event)
-        assert publish_once(events[2], settings)
+        assert publish_once(events[2], learner)
         assert wait_until(lambda: len(received) == 3, 10, 0.05), received
         decoded = [decode_event(topic, body) for topic, body in received]
         assert sorted(e.event_id for e in decoded) == sorted(e.event_id for e in events)

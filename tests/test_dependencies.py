@@ -323,6 +323,8 @@ def wheel_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheel(folder, "user-lib", "2.0", ("shared-dep>=2",))
     wheel(folder, "other", "1.0")
     wheel(folder, "other", "2.0")
+    # A real index is readable by everyone; pytest makes its folders 0700, and resolving runs sandboxed as another uid.
+    folder.chmod(0o755)
     return folder
 
 

@@ -33,6 +33,7 @@ from flops_manager.orchestration.docker import DockerOrchestrator, container_nam
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.orchestration.oakestra import OakestraConfigError, OakestraOrchestrator
 from flops_manager.settings import ImageSettings, ManagerSettings
+from flops_manager.sources import SourcePolicy
 from flops_manager.store import ProjectStore, open_store
 from image_builder.main import parse_args
 from image_builder.oci import options_from_args
@@ -185,6 +186,7 @@ def manager_settings(tmp_path: Path, images: ImageSettings | None = None) -> Man
     return ManagerSettings(
         home=tmp_path / "home", mqtt=MqttSettings(host="127.0.0.1"), tracking_uri="http://127.0.0.1:1",
         nodes_dir=tmp_path / "nodes", images=images, admin_token=ADMIN,
+        sources=SourcePolicy(local_roots=[EXAMPLES]),  # the example repositories, as local paths
     )  # fmt: skip
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from flops.build import BuildOutcome, BuildResult
 from flops.events import BuilderFailed, BuilderStarted
-from flops.ml_repo.source import checkout_key
 from flops.net import free_port
 from image_builder import main as builder_main
 from image_builder.dependencies import DependencyError, PlatformPins, read_dependencies
@@ -397,7 +396,8 @@ def test_source_stage_fetches_checks_and_reads_dependencies(tmp_path: Path) -> N
     cache = tmp_path / "cache"
     source = fetch_source(str(repo), None, cache, tmp_path / "copy", 2**20, stages)
     assert source.commit == head and source.url == str(repo.resolve())
-    assert source.checkout == cache / "repos" / checkout_key(str(repo))
+    assert not source.checkout.exists()  # the clone goes once its tree is copied
+    assert not (cache / "repos").exists()  # and no clone cache is kept
     assert source.dependencies.requirements == ["numpy>=2", "scikit-learn"]
     assert (source.repo / "model_manager.py").is_file() and not (source.repo / ".git").exists()
     assert list(stages.durations) == ["fetch", "validate", "dependencies"]
@@ -415,8 +415,7 @@ def test_check_only_checks_and_builds_nothing(tmp_path: Path, events: list[Any])
     assert builder_main.main([*builder_args(str(repo), cache, result_file), "--check-only"]) == 0
     result = read_result(result_file)
     assert result.commit == head
-    assert Path(result.repo_dir) == cache / "repos" / checkout_key(str(repo))
-    assert (Path(result.repo_dir) / "model_manager.py").is_file()
+    assert not Path(result.repo_dir).exists()  # the clone the check read is gone with it
     assert set(result.stage_durations) == {"fetch", "validate", "dependencies"}
     assert result.dependency_warnings == []
     assert not (cache / "platform").exists() and not (cache / "envs").exists()

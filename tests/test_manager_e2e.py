@@ -53,7 +53,7 @@ def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, 
         assert stage in project["stages"], project["stages"]
     assert project["stages"]["training"]["duration_s"] > 0
     assert project["tracking"]["run_url"].startswith(manager.env["FLOPS_TRACKING_URI"])
-    assert project["model"]["registered_uri"].startswith("models:/digits-sklearn/")
+    assert project["model"]["registered_uri"].startswith("models:/Admin.digits-sklearn/")  # <customerID>.<name>
     assert project["model"]["input"]["shape"] == [-1, 64]  # what the serving hint is shaped by
     assert project["build"]["reused"] is False and len(project["build"]["commit"]) == 40
     assert "aggregator" in manager.call("GET", f"/api/flops/projects/{project_id}/logs").json()

@@ -23,6 +23,7 @@ from flops_manager.orchestration.oakestra import OakestraSettings
 from flops_manager.orchestration.oakestra.identity import OakestraIdentity
 from flops_manager.orchestration.settings import OrchestrationSettings, identity_provider
 from flops_manager.settings import ManagerSettings
+from flops_manager.sources import SourcePolicy
 from flops_manager.store import ProjectStore, open_store
 from tests.conftest import EXAMPLES
 from tests.git_repos import make_git_repo
@@ -117,6 +118,8 @@ def test_the_oak_clis_project_and_mock_calls_get_flops_answers(
     settings = ManagerSettings(
         home=tmp_path / "home", mqtt=MqttSettings(host="127.0.0.1", port=1), tracking_uri="http://127.0.0.1:7027",
         nodes_dir=tmp_path / "home" / "nodes",
+        # The oak CLI user is an Oakestra customer submitting a local repository: allowed here explicitly.
+        sources=SourcePolicy(local_roots=[tmp_path], local_for_customers=True),
     )  # fmt: skip
     controller = Controller(store, {"local": LocalOrchestrator(settings.runs_dir)}, settings)
     client = create_app(controller, TokenService(store, OakestraIdentity(settings_for(standin)))).test_client()

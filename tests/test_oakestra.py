@@ -6,9 +6,9 @@ backend sends and how it reads each answer. The last tests run real processes th
 stand-in (`run_locally=True`).
 """
 
-import datetime
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
@@ -22,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from flops.net import wait_until
+from flops.pki import ProjectPKI
 from flops_manager.orchestration.addresses import AddressAllocator, AddressError
 from flops_manager.orchestration.base import OrchestratorError, ServiceSpec, ServiceStatus, TransientOrchestratorError
 from flops_manager.orchestration.oakestra import (
@@ -156,45 +157,15 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     assert local.verify is False
 
 
-def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "oakestra-standin")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_file), str(key_file)
-
-
 @pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
 def test_https_is_verified_and_a_ca_file_is_used(tmp_path: Path, store: ProjectStore) -> None:
-    pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path)
-    with OakestraStandin(username=USER, password=PASSWORD, tls=(cert, key)) as server:
+    link = ProjectPKI(tmp_path / "pki", "oakestra-standin").superlink(["127.0.0.1"], [])  # a server pair and its CA
+    with OakestraStandin(username=USER, password=PASSWORD, tls=(str(link.cert), str(link.key))) as server:
         assert server.url.startswith("https://")
         with pytest.raises(OrchestratorError, match=r"TLS verification .* FLOPS_OAKESTRA_CA_FILE"):
             orchestrator(server, store).deploy(spec())
         assert not server.requests  # the password never reached an unverified server
-        handle = orchestrator(server, store, ca_file=Path(cert)).deploy(spec())
+        handle = orchestrator(server, store, ca_file=link.ca_cert).deploy(spec())
         assert handle.ref.count("/") == 1
         assert orchestrator(server, store, insecure=True).status(handle).status is ServiceStatus.RUNNING
 
@@ -313,8 +284,43 @@ def test_a_service_without_an_image_is_refused_before_anything_is_created(
     with pytest.raises(OrchestratorError, match="container images"):
         orchestrator(standin, store).deploy(spec(image=None))
     assert not standin.requests
-    with pytest.raises(OrchestratorError, match="cannot be mounted"):
+    with pytest.raises(OrchestratorError, match="FLOPS_OAKESTRA_VOLUME_CSI_DRIVER"):
         orchestrator(standin, store).deploy(spec(read_only_mounts={"/data": "/data"}))
+    assert not standin.requests
+
+
+def test_credential_folders_become_csi_volumes_of_the_configured_driver(
+    standin: OakestraStandin, store: ProjectStore
+) -> None:
+    """Oakestra has no bind mounts: each read-only mount is one SLA volume of the operator's CSI driver."""
+    backend = orchestrator(
+        standin, store, volume_csi_driver="nfs.csi.k8s.io",
+        volume_config={"server": "manager.example", "share": "/export{source}", "read_only": "true"},
+    )  # fmt: skip
+    pki = "/srv/flops/projects/proj-1/pki/supernodes/node-1"
+    backend.deploy(spec(name="learner-node-1", role="learner", read_only_mounts={pki: pki}))
+    service = service_slas(standin)[-1]["applications"][0]["microservices"][0]
+    assert service["volumes"] == [
+        {
+            "volume_id": service["volumes"][0]["volume_id"],
+            "csi_driver": "nfs.csi.k8s.io",
+            "mount_path": pki,
+            "config": {"server": "manager.example", "share": f"/export{pki}", "read_only": "true"},
+        }
+    ]
+    assert re.fullmatch(r"flops[0-9a-f]{16}", service["volumes"][0]["volume_id"])
+    assert not any(pki in item for item in service["environment"])  # files, never variables
+
+
+def test_a_reserved_address_is_the_one_the_service_gets(standin: OakestraStandin, store: ProjectStore) -> None:
+    """The deploy stage puts the aggregator's rr_ip in its TLS certificate before the service exists."""
+    backend = orchestrator(standin, store)
+    reserved = backend.reserve_address("proj-1", "aggregator")
+    assert backend.reserve_address("proj-1", "aggregator") == reserved  # stable until deployed
+    handle = backend.deploy(spec())
+    assert handle.address == reserved
+    assert service_slas(standin)[-1]["applications"][0]["microservices"][0]["addresses"]["rr_ip"] == reserved
+    assert backend.reserve_address("proj-1", "aggregator") != reserved  # a later deployment: a new one
 
 
 # -- authentication --------------------------------------------------------------------------------

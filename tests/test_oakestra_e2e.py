@@ -35,6 +35,9 @@ def oakestra_manager(
         "FLOPS_OAKESTRA_PASSWORD_FILE": str(secret),
         "FLOPS_OAKESTRA_INSECURE": "1",
         "FLOPS_PLACEHOLDER_IMAGES": "1",
+        # The actors' certificates and keys reach Oakestra services as CSI volumes; the stand-in runs
+        # services on this machine, where each volume's source is its mount path.
+        "FLOPS_OAKESTRA_VOLUME_CSI_DRIVER": "standin.csi.flops",
     }
     instance = Manager(home, mlflow_server, extra_env=extra)
     try:
@@ -58,6 +61,17 @@ def test_project_completes_through_oakestra(
     assert names == ["flops-aggregator", "flops-learner", "flops-learner"]
     addresses = {r.body["applications"][0]["microservices"][0]["addresses"]["rr_ip"] for r in created}
     assert len(addresses) == 3 and all(a.startswith("10.30.") for a in addresses)
+    # TLS and node identity through Oakestra: one volume per actor, its own folder, nothing in variables.
+    services = [r.body["applications"][0]["microservices"][0] for r in created]
+    for service in services:
+        [volume] = service["volumes"]
+        assert volume["csi_driver"] == "standin.csi.flops" and volume["config"]["source"] == volume["mount_path"]
+        assert "--insecure" not in service["cmd"]
+        assert not any("PRIVATE KEY" in item or "BEGIN CERTIFICATE" in item for item in service["environment"])
+    aggregator = next(s for s in services if s["cmd"][0] == "flops-aggregator")
+    assert aggregator["volumes"][0]["mount_path"].endswith("/pki/superlink")
+    learner_folders = {s["volumes"][0]["mount_path"] for s in services if s["cmd"][0] == "flops-learner"}
+    assert len(learner_folders) == 2 and all("/pki/supernodes/" in folder for folder in learner_folders)
     assert not standin.apps, "the application is deleted when the project ends"
 
 

@@ -1,12 +1,16 @@
 """MLflow as its users expect: what the aggregator's tracker writes, and what MLflow 3's UI shows of it.
 
 The tracker is driven exactly as the aggregator drives it (open, one `log_round` per round,
-`log_model`, `finish`) against a real MLflow server (the observatory). The UI check opens the
-experiment link FLOps hands out in Debian's headless Chromium (selenium with the system
-chromedriver: nothing is downloaded) with a fresh profile, i.e. a browser in MLflow's default
-GenAI mode, and reads the DOM.
+`log_model`, `finish`) against a real MLflow server (the observatory, behind its basic auth;
+the tracker acts as its admin here). The UI check opens the experiment link FLOps hands out in
+Debian's headless Chromium (selenium with the system chromedriver: nothing is downloaded) with
+a fresh profile, i.e. a browser in MLflow's default GenAI mode, first without credentials
+(refused), then as a read-only user granted the experiment alone (the project's owner), and
+reads the DOM.
 """
 
+import base64
+import os
 import shutil
 import time
 import uuid
@@ -17,6 +21,7 @@ from urllib.parse import urlparse
 
 import psutil
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -29,6 +34,7 @@ from aggregator.tracking import (
     TRAINING_RUN_TAG,
     MlflowTracker,
 )
+from flops.tracking_auth import CREDENTIALS_FILE_ENV, TrackingAdmin, TrackingCredentials, new_credentials
 from flops.tracking_server import experiment_url
 from flops.training import RoundReport, TrainingSpec
 from observatory.main import server_env
@@ -169,6 +175,22 @@ def test_observatory_starts_no_mlflow_job_runners(mlflow_server: str) -> None:
     assert helpers and all("huey" not in helper and "_job_runner" not in helper for helper in helpers), helpers
 
 
+def log_in(driver: Any, credentials: TrackingCredentials) -> None:
+    """Every request of this browser carries `credentials` (HTTP basic auth, as a login prompt would)."""
+    token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+
+
+def owner_login(tracking_uri: str, experiment_id: str) -> TrackingCredentials:
+    """A read-only MLflow user holding READ on the experiment only, as the manager makes for a project's owner."""
+    admin = TrackingAdmin(tracking_uri, Path(os.environ[CREDENTIALS_FILE_ENV]))
+    owner = new_credentials(unique("customer-ui"))
+    admin.create_user(owner)
+    admin.grant(owner.username, "experiment", experiment_id, "READ")
+    return owner
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not (CHROMIUM and CHROMEDRIVER):
@@ -222,6 +244,10 @@ def test_ui_opens_on_the_runs_table_with_round_rows_and_round_charts(
     run_ids = {f"round-{report.round}": report.run_id for report in reports}
     run_ids[f"training-{spec.project_id}"] = tracker.parent_run_id
 
+    # Without credentials the UI's page itself is refused (a browser shows its login prompt).
+    anonymous = requests.get(experiment_url(mlflow_server, tracker.experiment_id), timeout=10)
+    assert anonymous.status_code == 401 and "Basic" in anonymous.headers.get("WWW-Authenticate", "")
+    log_in(browser, owner_login(mlflow_server, tracker.experiment_id))  # the project's owner: READ only
     browser.get(experiment_url(mlflow_server, tracker.experiment_id))
 
     def rows(driver: Any) -> dict[str, str] | None:

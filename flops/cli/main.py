@@ -2,7 +2,7 @@
 
 import typer
 
-from flops.cli import data, projects, train
+from flops.cli import data, projects, tracking, train
 
 app = typer.Typer(
     help="FLOps: federated learning as easy to run as a container.",
@@ -20,6 +20,7 @@ app.command("watch")(projects.watch_command)
 app.command("logs")(projects.logs_command)
 app.command("cancel")(projects.cancel_command)
 app.command("demo")(projects.demo_command)
+app.command("tracking")(tracking.tracking_command)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from rich.table import Table
 
 from flops import stack
 from flops.broker import BrokerError
+from flops.cli.tracking import login_hint
 from flops.client import ManagerClient, ManagerError
 from flops.config import flops_home
+from flops.sandbox import SandboxSettings, SandboxUnavailable
 from flops.tracking_server import TrackingServerError
 
 console = Console(soft_wrap=True)
@@ -38,11 +40,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def up_command() -> None:
     """Start the embedded stack in the background: broker, observatory, manager."""
     try:
+        # Before anything starts: the local backend runs every project's code in this sandbox.
+        SandboxSettings.from_env().check()
+    except (SandboxUnavailable, ValueError) as error:
+        raise fail(f"cannot start the stack: {error}") from error
+    try:
         state = stack.up(stack.StackSettings.from_env(os.environ))
     except (BrokerError, TrackingServerError, RuntimeError) as error:
         raise fail(str(error)) from error
     console.print(f"manager:     {state['manager_url']}")
-    console.print(f"MLflow UI:   {state['tracking_url']}")
+    credentials = state.get("tracking_credentials_file")
+    login = f" (user flops-admin, password in {credentials})" if credentials else ""
+    console.print(f"MLflow UI:   {state['tracking_url']}{login}")
     console.print(f"MQTT broker: {state['mqtt']}, {state.get('broker', 'Mosquitto')} (password-protected)")
     console.print(f"admin token: {state['admin_token_file']} (or set FLOPS_TOKEN)")
 
@@ -296,7 +305,8 @@ def demo_command(rounds: int = typer.Option(3, "--rounds"), learners: int = type
             "post_training_steps": ["deploy_trained_model_image"],
         }  # fmt: skip
         project_id = client.submit(sla)["project_id"]
-        console.print(f"project [bold]{project_id}[/bold] submitted; MLflow UI: {client.tracking()}")
+        console.print(f"project [bold]{project_id}[/bold] submitted")
+        console.print(login_hint(client.tracking_login()), markup=False, highlight=False)
         code = watch(client, project_id)
     except ManagerError as error:
         raise fail(error.message) from error

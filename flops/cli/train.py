@@ -7,6 +7,9 @@ repository's pins it relaxed, starts (when needed) the observatory, then the agg
 the aggregator environment and N learners in the learner environment (no MLflow there),
 follows the aggregator's progress live and tears everything down at the end, whatever
 happened. Bad input and failed builds are refused (exit 2) before any actor starts.
+
+The learners reach the aggregator over TLS with a CA made for this run and each learner's own
+key (`flops.pki`, under the run's folder), as in the manager; `--insecure-loopback` opts out.
 """
 
 import json
@@ -26,9 +29,10 @@ from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
 from flops.data.partition import node_name
 from flops.net import free_port
+from flops.pki import PKI_DIR, ProjectPKI
 from flops.processes import ManagedProcess
 from flops.progress import PROGRESS_FILE, ProgressEvent, ProgressFollower, read_summary
-from flops.tracking_server import TrackingServerError, ensure_tracking_server, run_url
+from flops.tracking_server import TrackingServerError, ensure_tracking_server, local_credentials_env, run_url
 from flops.training import RoundReport, StrategyConfig, StrategyName, TrainingSpec, TrainingSummary
 
 console = Console(stderr=True, soft_wrap=True)
@@ -94,12 +98,22 @@ def resolve_data_tags(node_dirs: list[Path], requested: list[str]) -> list[str]:
 class LocalTraining:
     """The processes of one training on this machine, and their teardown."""
 
-    def __init__(self, spec: TrainingSpec, build: BuildResult, node_dirs: list[Path], tracking: str, state_dir: Path):
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        build: BuildResult,
+        node_dirs: list[Path],
+        tracking: str,
+        state_dir: Path,
+        *,
+        insecure: bool = False,
+    ):
         self.spec = spec
         self.build = build
         self.node_dirs = node_dirs
         self.tracking = tracking
         self.state_dir = state_dir
+        self.insecure = insecure
         self.aggregator: ManagedProcess | None = None
         self.learners: list[ManagedProcess] = []
 
@@ -110,6 +124,8 @@ class LocalTraining:
         spec_file = self.state_dir / "spec.json"
         spec_file.write_text(self.spec.model_dump_json(indent=2), encoding="utf-8")
         port = free_port()
+        names = [node_name(index) for index in range(1, len(self.node_dirs) + 1)]
+        pki = None if self.insecure else ProjectPKI(self.state_dir / PKI_DIR, self.spec.project_id)
         self.aggregator = ManagedProcess(
             "aggregator",
             aggregator_command(
@@ -119,16 +135,24 @@ class LocalTraining:
                 port=port,
                 tracking_uri=self.tracking,
                 python=self.build.aggregator_python,
+                tls=pki.superlink(["127.0.0.1"], names) if pki else None,
+                insecure=self.insecure,
             ),
             self.state_dir / "logs" / "aggregator.log",
+            env=local_credentials_env(self.tracking, flops_home()),  # an observatory FLOps started: its admin
         )
-        for index, folder in enumerate(self.node_dirs, start=1):
-            name = node_name(index)
+        for name, folder in zip(names, self.node_dirs, strict=True):
             self.learners.append(
                 ManagedProcess(
                     name,
                     learner_command(
-                        f"127.0.0.1:{port}", folder, self.spec.data_tags, name, python=self.build.learner_python
+                        f"127.0.0.1:{port}",
+                        folder,
+                        self.spec.data_tags,
+                        name,
+                        python=self.build.learner_python,
+                        identity=pki.supernode(name) if pki else None,
+                        insecure=self.insecure,
                     ),
                     self.state_dir / "logs" / f"{name}.log",
                 )
@@ -286,6 +310,12 @@ def train_command(
     timeout: float = typer.Option(3600.0, "--timeout", help="overall limit in seconds"),
     build_timeout: float = typer.Option(1800.0, "--build-timeout", help="seconds the environments may take to build"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on the last line"),
+    insecure_loopback: bool = typer.Option(
+        False,
+        "--insecure-loopback",
+        help="experiments only: plain HTTP between aggregator and learners and no learner identity "
+        "(default: TLS with a CA made for this run and a key per learner)",
+    ),
 ) -> None:
     """Train REPO federatedly with N local learners and track it in MLflow."""
     home = flops_home()
@@ -335,7 +365,9 @@ def train_command(
     if started_pid:
         console.print(f"observatory started at {uri} (pid {started_pid}); it keeps running for the UI")
     console.print(f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}")
-    training = LocalTraining(spec, build, node_dirs, uri, state_dir)
+    if insecure_loopback:
+        console.print("[yellow]warning:[/yellow] --insecure-loopback: plain HTTP, any SuperNode may join")
+    training = LocalTraining(spec, build, node_dirs, uri, state_dir, insecure=insecure_loopback)
     try:
         training.start()
         summary = training.follow(lambda event: _show(event, rounds), timeout)

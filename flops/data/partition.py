@@ -6,6 +6,7 @@ partitioners and written as `OUT/<node>/<tag>/part-0.parquet` (`flops.data.node_
 Feature types survive: an `Image` column of the source is an `Image` column on every node.
 """
 
+import shutil
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from flops.data.catalog import BUNDLED_DATASETS, LABEL_COLUMN, named_dataset
 from flops.data.node_files import write_node_file
+from flops.data.ownership import TAG_META_FILE, TagOwnership, write_ownership
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -108,10 +110,14 @@ def partition(
     seed: int = 42,
     label_column: str = LABEL_COLUMN,
     allow_files: bool = True,
+    ownership: TagOwnership | None = None,
 ) -> dict[str, Counter[int]]:
     """Write one partition per node to `out/<node>/<tag>/`; return each node's label counts.
 
-    `source` is a data set name or (unless `allow_files` is False) a CSV/Parquet file.
+    `source` is a data set name or (unless `allow_files` is False) a CSV/Parquet file. The tag
+    is replaced: its folders on nodes beyond `nodes` (left by an earlier, larger partition) are
+    removed. With `ownership`, each tag folder records it (`flops.data.ownership`); without,
+    the tag is the operator's.
     """
     if nodes < 1:
         raise ValueError("--nodes must be at least 1")
@@ -131,5 +137,19 @@ def partition(
         for stale in folder.glob("*.parquet"):
             stale.unlink()
         write_node_file(part, folder / "part-0.parquet")
+        if ownership is not None:
+            write_ownership(folder, ownership)
+        else:
+            (folder / TAG_META_FILE).unlink(missing_ok=True)
         histogram[node_name(index + 1)] = Counter(int(v) for v in part[label_column])
+    _remove_beyond(out, tag, nodes)
     return histogram
+
+
+def _remove_beyond(out: Path, tag: str, nodes: int) -> None:
+    """Remove `tag` from node folders numbered above `nodes`, so no stale partition trains."""
+    kept = {node_name(index + 1) for index in range(nodes)}
+    for node in out.iterdir() if out.is_dir() else []:
+        folder = node / tag
+        if node.name.startswith("node-") and node.name not in kept and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,8 +1,11 @@
-"""Gets an ML repository: any git URL or local path, at a branch, tag or commit.
+"""Gets an ML repository: a git URL or local path, at a branch, tag or commit.
 
 A local folder that is not a git repository is used as it is (handy while writing code);
-everything else is cloned with GitPython into a cache keyed by URL, and the commit that
-was checked out is recorded so a training can name exactly what it ran.
+everything else is cloned with GitPython into the folder the caller names (the builder: its
+private work folder, removed with the build), and the commit that was checked out is
+recorded so a training can name exactly what it ran. Which URLs a project may name is the
+manager's policy (`flops_manager.sources`); here git itself is held to the plain transports
+(`GIT_ALLOW_PROTOCOL`): no `ext::` or `fd::` helper runs, not even from a submodule.
 """
 
 import hashlib
@@ -11,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+
+# The transports git may use for a clone or fetch; remote helpers (ext, fd) are not among them.
+GIT_PROTOCOLS = "https:http:ssh:git:file"
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS}
 
 
 class RepositoryError(ValueError):
@@ -41,10 +48,11 @@ def fetch_repository(url: str, ref: str | None, cache_dir: Path) -> FetchedRepos
     try:
         if (checkout / ".git").is_dir():
             repo = git.Repo(checkout)
-            repo.remotes.origin.fetch(tags=True, prune=True)
+            with repo.git.custom_environment(**GIT_ENV):
+                repo.remotes.origin.fetch(tags=True, prune=True)
         else:
             checkout.parent.mkdir(parents=True, exist_ok=True)
-            repo = git.Repo.clone_from(source, checkout, env={"GIT_TERMINAL_PROMPT": "0"})
+            repo = git.Repo.clone_from(source, checkout, env=GIT_ENV)
         target = ref or "origin/HEAD"
         commit = _resolve(repo, target)
         repo.git.checkout("--force", "--detach", commit)
@@ -53,6 +61,8 @@ def fetch_repository(url: str, ref: str | None, cache_dir: Path) -> FetchedRepos
         raise RepositoryError(
             f"cannot fetch {url}" + (f" at {ref}" if ref else "") + f": {git_reason(error)}"
         ) from error
+    except (git.exc.UnsafeProtocolError, git.exc.UnsafeOptionError) as error:
+        raise RepositoryError(f"cannot fetch {url}: git refuses this transport or option ({error})") from error
     return FetchedRepository(path=checkout, url=source, commit=commit)
 
 

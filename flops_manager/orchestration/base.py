@@ -40,7 +40,21 @@ class TransientOrchestratorError(OrchestratorError):
 
 
 class ServiceSpec(BaseModel):
-    """One service to run: `image` for container backends, `command` always (run as given)."""
+    """One service to run: `image` for container backends, `command` always (run as given).
+
+    `env` is the service's own settings and credentials, all of its environment a backend
+    adds besides Flower's offline settings: never the manager's environment.
+
+    What the service may touch, for backends that sandbox it (`flops.sandbox` on the local
+    backend; container backends have the image's file system, read-only):
+    `read_only_paths` (its code, environment, data folder, certificates) and `writable_paths`
+    (its state folders), `secret_files` (keys and passwords, root's 0600 files: the service
+    gets a private read-only copy at the same path, readable by its unprivileged uid).
+    Everything else of the machine is hidden from it; the local backend adds a private HOME
+    and the interpreter of `command`, and treats the files its environment names (`*_FILE`
+    variables) as secret files. `read_only_mounts` (source to target) are a container's bind
+    mounts.
+    """
 
     project_id: str
     name: str
@@ -53,6 +67,9 @@ class ServiceSpec(BaseModel):
     vcpus: float | None = None
     node: str | None = None
     read_only_mounts: dict[str, str] = Field(default_factory=dict)
+    read_only_paths: list[str] = Field(default_factory=list)
+    writable_paths: list[str] = Field(default_factory=list)
+    secret_files: list[str] = Field(default_factory=list)
     one_shot: bool = False
 
 

@@ -12,14 +12,22 @@ reachable on the node as it is for the local backend) or a named network.
 
 Project run folders can be bind-mounted read-write at the same path (`runs_dir`), so the
 commands the manager builds for the local backend (spec file, state folder) work unchanged
-inside the containers. Containers run as the image's user (non-root in FLOps images)
-unless `user` says otherwise; bind-mounted folders must be writable by that user.
+inside the containers.
+
+Containers run user code, so they are locked down: never as root (the image's user when it
+is not root, as in FLOps images (10001), else `CONTAINER_USER` 65534:65534, or `user`), a
+read-only root file system with a fresh tmpfs `/tmp` (also its HOME) and a
+tmpfs for each writable path outside /tmp, every capability dropped, no-new-privileges,
+and no environment but the spec's own and Flower's offline settings (never the manager's).
+Bind-mounted folders must be readable (node data) or writable (run folders) by that user;
+as root, the manager hands run folders to the numeric user it runs containers as.
 
 Errors: an engine that cannot be reached (connection refused, a missing socket, a timeout) or
 answers 5xx raises `TransientOrchestratorError`; a 4xx (a refused option, an image that does
 not exist) raises `OrchestratorError` with the engine's explanation.
 """
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +48,11 @@ from flops_manager.orchestration.base import (
     TransientOrchestratorError,
 )
 
+# Who user code runs as when neither `user` nor a non-root image user says: nobody.
+CONTAINER_USER = "65534:65534"
+CONTAINER_HOME = "/tmp"
+TMPFS_OPTIONS = "rw,nosuid,nodev,mode=1777"
+_ROOT_USERS = frozenset({"", "0", "root"})
 PROJECT_LABEL = "flops.project"
 SERVICE_LABEL = "flops.service"
 ROLE_LABEL = "flops.role"
@@ -110,20 +123,26 @@ class DockerOrchestrator(Orchestrator):
         self.client.close()
 
     # ------------------------------------------------------------------ helpers
-    def _ensure_image(self, image: str) -> None:
+    def _ensure_image(self, image: str) -> Any:
         try:
-            self.client.images.get(image)
-            return
+            return self.client.images.get(image)
         except docker.errors.ImageNotFound:
             pass
         except ENGINE_ERRORS as error:
             raise engine_error(f"cannot look up image {image}", error) from error
         try:
-            self.client.images.pull(image)  # the package splits off the tag (default latest)
+            return self.client.images.pull(image)  # the package splits off the tag (default latest)
         except ENGINE_ERRORS as error:
             raise engine_error(f"cannot pull {image}", error) from error
 
-    def _mounts(self, spec: ServiceSpec) -> list[Any]:
+    def run_user(self, image: Any) -> str:
+        """Who the container runs as: `user`, else the image's user unless it is root, else 65534:65534."""
+        if self.user:
+            return self.user
+        configured = str((getattr(image, "attrs", None) or {}).get("Config", {}).get("User") or "")
+        return CONTAINER_USER if is_root_user(configured) else configured
+
+    def _mounts(self, spec: ServiceSpec, user: str = CONTAINER_USER) -> list[Any]:
         from docker.types import Mount
 
         mounts = []
@@ -135,19 +154,26 @@ class DockerOrchestrator(Orchestrator):
             run_dir = (self.runs_dir / spec.project_id).resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount(target=str(run_dir), source=str(run_dir), type="bind", read_only=False))
+            _hand_over(run_dir, user)
         return mounts
 
-    def _run_options(self, spec: ServiceSpec) -> dict[str, Any]:
+    def _run_options(self, spec: ServiceSpec, user: str = CONTAINER_USER) -> dict[str, Any]:
         options: dict[str, Any] = {
             "name": container_name(spec.project_id, spec.name),
             "command": spec.command,
-            "environment": {**self.extra_env, **spec.env},
+            "environment": {**self.extra_env, "HOME": CONTAINER_HOME, **spec.env},
             "labels": {PROJECT_LABEL: spec.project_id, SERVICE_LABEL: spec.name, ROLE_LABEL: spec.role},
-            "mounts": self._mounts(spec),
+            "mounts": self._mounts(spec, user),
             "detach": True,
             "network_mode": "host" if self.network == "host" else None,
             "network": None if self.network == "host" else self.network,
             "init": True,  # reaps Flower's helper processes, forwards stop signals
+            # User code: not root, nothing to write but tmpfs, no capabilities, no privilege gain.
+            "user": user,
+            "read_only": True,
+            "tmpfs": container_tmpfs(spec),
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
         }
         if self.network != "host" and spec.ports:
             options["ports"] = {f"{port}/tcp": port for port in spec.ports.values()}
@@ -155,8 +181,6 @@ class DockerOrchestrator(Orchestrator):
             options["mem_limit"] = f"{int(spec.memory_mb)}m"
         if spec.vcpus:
             options["nano_cpus"] = int(spec.vcpus * 1e9)
-        if self.user:
-            options["user"] = self.user
         return {key: value for key, value in options.items() if value is not None}
 
     def _container(self, handle: ProcessHandle) -> Any:
@@ -187,9 +211,9 @@ class DockerOrchestrator(Orchestrator):
                 pass
             except ENGINE_ERRORS as error:
                 raise engine_error(f"cannot remove the earlier {name}", error) from error
-        self._ensure_image(spec.image)
+        image = self._ensure_image(spec.image)
         try:
-            container = self.client.containers.run(spec.image, **self._run_options(spec))
+            container = self.client.containers.run(spec.image, **self._run_options(spec, self.run_user(image)))
         except ENGINE_ERRORS as error:
             raise engine_error(f"cannot start {spec.name}", error) from error
         return ProcessHandle(name=spec.name, backend=self.name, ref=container.id, address=None)
@@ -233,6 +257,28 @@ class DockerOrchestrator(Orchestrator):
         for container in containers:
             _remove(container)
         return bool(containers)
+
+
+def is_root_user(user: str) -> bool:
+    """Whether an image's `User` (name, uid, `user:group`) means root; empty means root too."""
+    return user.split(":", 1)[0].strip() in _ROOT_USERS
+
+
+def container_tmpfs(spec: ServiceSpec) -> dict[str, str]:
+    """/tmp, and each writable path of the spec that is not under it: the only places a container writes."""
+    folders = {"/tmp": TMPFS_OPTIONS}
+    for path in spec.writable_paths:
+        if not Path(path).is_relative_to("/tmp"):
+            folders[path] = TMPFS_OPTIONS
+    return folders
+
+
+def _hand_over(folder: Path, user: str) -> None:
+    """As root, give a bind-mounted run folder to the container's numeric user so it can write there."""
+    uid, _, gid = user.partition(":")
+    if os.geteuid() != 0 or not uid.isdigit() or (gid and not gid.isdigit()):
+        return
+    os.chown(folder, int(uid), int(gid or uid))
 
 
 def _remove(container: Any) -> None:

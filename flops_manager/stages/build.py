@@ -11,10 +11,13 @@ from pydantic import ValidationError
 
 from flops.actors import builder_command
 from flops.build import BuildFailure, BuildOutcome, BuildResult
+from flops.events import Component
 from flops.sla import Backend
+from flops_manager.disk import sweep_builds
 from flops_manager.models import Project, ProjectStatus, default_model_name
 from flops_manager.orchestration.base import ServiceSpec
 from flops_manager.stages.context import StageContext
+from flops_manager.stages.credentials import actor_mqtt_env
 from flops_manager.stages.errors import StageError, TransientStageError
 
 STAGE = "building"
@@ -74,6 +77,7 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
 def start(ctx: StageContext, project: Project) -> None:
     """Deploy the builder as a one-shot job on this machine; the project is then building."""
     ctx.orchestrator(project)  # a backend this manager lacks fails the project before anything is built
+    sweep_builds(ctx.store, ctx.settings, starting=project.project_id)  # builds only ended projects used
     sla = project.sla
     run_dir = ctx.run_dir(project.project_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,7 @@ def start(ctx: StageContext, project: Project) -> None:
     )
     spec = ServiceSpec(
         project_id=project.project_id, name=BUILDER, role=BUILDER, command=command,
-        env=ctx.settings.mqtt.env(), one_shot=True,
+        env=actor_mqtt_env(ctx, project.project_id, Component.BUILDER, stage=STAGE), one_shot=True,
     )  # fmt: skip
     ctx.add_handles(project.project_id, [ctx.builder().deploy(spec)])
     ctx.store.transition(project.project_id, ProjectStatus.BUILDING, now=ctx.clock())

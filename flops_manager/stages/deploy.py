@@ -12,15 +12,20 @@ from typing import Any
 
 from flops.actors import aggregator_command, learner_command
 from flops.build import IMAGE_APP_DIR, BuildResult
+from flops.events import Component
 from flops.net import free_port
+from flops.tracking_auth import CREDENTIALS_FILE_ENV
 from flops.training import TrainingSpec
-from flops_manager.models import ProcessHandle, Project, ProjectStatus, default_model_name
+from flops_manager.models import ProcessHandle, Project, ProjectStatus, registry_name
 from flops_manager.nodes import LocalNode, PlacementError, discover_nodes, place_learners
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError, ServiceSpec
 from flops_manager.settings import ManagerSettings
 from flops_manager.stages import training
 from flops_manager.stages.context import StageContext
+from flops_manager.stages.credentials import actor_mqtt_env
 from flops_manager.stages.errors import StageError
+from flops_manager.stages.flower_tls import check_dialled, container_mounts, issue
+from flops_manager.tracking_identities import prepare_training
 
 log = logging.getLogger("flops.manager")
 STAGE = "deploying"
@@ -34,7 +39,7 @@ def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
     config = sla.training_configuration
     return TrainingSpec(
         project_id=project.project_id,
-        model_name=project.model_name or default_model_name(sla),
+        model_name=registry_name(project.customer_id, sla),  # `<customerID>.<name>` in MLflow
         model_flavor=sla.ml_model_flavor,
         rounds=config.training_rounds,
         min_available_clients=config.min_available_clients,
@@ -130,38 +135,57 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
     spec = training_spec(project, project.build)
     run_dir = ctx.run_dir(project.project_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    tracking = prepare_training(ctx.settings, project, spec, run_dir, files=orchestrator.name == "local")
+    spec = tracking.spec  # its experiment, model and MLflow identity made
     (run_dir / SPEC_FILE).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
     plan = ActorPlan.for_backend(orchestrator.name, project.build, ctx.settings)
     port = free_port()
-    mqtt_env = ctx.settings.mqtt.env(same_filesystem=plan.local)
+    mqtt_env = actor_mqtt_env(ctx, project.project_id, Component.AGGREGATOR, stage=STAGE)  # its own MQTT user
     resources: dict[str, Any] = {
         "memory_mb": sla.resource_constraints.memory,
         "vcpus": sla.resource_constraints.vcpus,
     }
+    state_dir = str(run_dir / "aggregator") if plan.local else f"/tmp/flops-{project.project_id}"
+    # All the aggregator may touch besides the system (its sandbox hides the rest): add a path per line.
+    aggregator_reads = [plan.repo_dir]
+    aggregator_reads += [tracking.env[CREDENTIALS_FILE_ENV]] if tracking.env.get(CREDENTIALS_FILE_ENV) else []
+    aggregator_writes = [state_dir]
+    # TLS and node identity on the Flower links (flops.pki): the SuperLink's files, a key per learner.
+    flower = issue(orchestrator, project.project_id, run_dir, AGGREGATOR, [n.name for n in nodes], stage=STAGE)
+    aggregator_reads += [str(flower.superlink.folder)]
     aggregator = ServiceSpec(
         project_id=project.project_id, name=AGGREGATOR, role=AGGREGATOR, image=plan.images.get("aggregator"),
         command=aggregator_command(
             spec_json=spec.model_dump_json(), repo=plan.repo_dir,
-            state_dir=str(run_dir / "aggregator") if plan.local else f"/tmp/flops-{project.project_id}",
+            state_dir=state_dir,
             host="127.0.0.1" if plan.local else "0.0.0.0", port=port, tracking_uri=ctx.settings.tracking_uri,
-            python=plan.aggregator_python, in_image=plan.in_image,
+            python=plan.aggregator_python, in_image=plan.in_image, tls=flower.superlink,
         ),
-        env=mqtt_env, ports={"superlink": port}, **resources,
+        env={**mqtt_env, **tracking.env}, ports={"superlink": port}, **resources,
+        read_only_paths=aggregator_reads, writable_paths=aggregator_writes,
+        read_only_mounts=container_mounts(plan.backend, flower.superlink.folder),
     )  # fmt: skip
     handles: list[ProcessHandle] = []
     try:
         handles.append(orchestrator.deploy(aggregator))
         superlink = f"{handles[0].address or '127.0.0.1'}:{port}"
+        check_dialled(flower, handles[0].address or "127.0.0.1", stage=STAGE)
         for node in nodes:
+            identity = flower.supernode(node.name)
             learner = ServiceSpec(
                 project_id=project.project_id, name=f"learner-{node.name}", role="learner", node=node.name,
                 image=plan.images.get("learner"),
                 command=learner_command(
                     superlink, plan.data_dir(node), config.data_tags, node.name,
-                    python=plan.learner_python, in_image=plan.in_image,
+                    python=plan.learner_python, in_image=plan.in_image, identity=identity,
                 ),
-                env={**mqtt_env, "FLOPS_PROJECT_ID": project.project_id},
-                read_only_mounts=plan.data_mounts(node), **resources,
+                env={
+                    **actor_mqtt_env(ctx, project.project_id, Component.LEARNER, node.name, stage=STAGE),
+                    "FLOPS_PROJECT_ID": project.project_id,
+                },
+                read_only_mounts={**plan.data_mounts(node), **container_mounts(plan.backend, identity.folder)},
+                **resources,
+                read_only_paths=[plan.data_dir(node), str(identity.folder)],  # its node's data, its own key
             )  # fmt: skip
             handles.append(orchestrator.deploy(learner))
     except Exception:

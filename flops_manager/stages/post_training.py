@@ -19,6 +19,7 @@ from flops_manager.stages import teardown
 from flops_manager.stages.build import builds_images
 from flops_manager.stages.context import StageContext
 from flops_manager.stages.errors import StageError
+from flops_manager.tracking_identities import serving_env
 
 STAGE = "post_training"
 INFERENCE = teardown.INFERENCE
@@ -102,7 +103,7 @@ def build_inference_image(ctx: StageContext, project: Project) -> bool:
         result_file.unlink(missing_ok=True)
         options = [
             *ctx.settings.images.builder_args(), "--customer", project.customer_id,
-            "--project", project.model_name or default_model_name(project.sla),
+            "--project", default_model_name(project.sla),  # the image's name: the project's, as in FLOps
             "--platforms", ",".join(project.sla.supported_platforms),
         ]  # fmt: skip
         command = inference_builder_command(
@@ -113,8 +114,9 @@ def build_inference_image(ctx: StageContext, project: Project) -> bool:
             options=options,
         )
         spec = ServiceSpec(
-            project_id=project.project_id, name=INFERENCE_BUILDER, role="builder", command=command, one_shot=True
-        )
+            project_id=project.project_id, name=INFERENCE_BUILDER, role="builder", command=command, one_shot=True,
+            env=serving_env(ctx.settings, project, ctx.run_dir(project.project_id)),  # reads the model as the project
+        )  # fmt: skip
         ctx.add_handles(project.project_id, [ctx.builder().deploy(spec)])
         return False
     state = ctx.builder().status(handle)
@@ -150,7 +152,10 @@ def deploy_model_server(ctx: StageContext, project: Project) -> None:
     else:
         python = (project.build.aggregator_python if project.build else None) or sys.executable
         command = model_server_command(registered_model_uri(project), host, port, python=python)
-        env = {"MLFLOW_TRACKING_URI": ctx.settings.tracking_uri}
+        env = {
+            "MLFLOW_TRACKING_URI": ctx.settings.tracking_uri,
+            **serving_env(ctx.settings, project, ctx.run_dir(project.project_id)),  # READ on its model only
+        }
     spec = ServiceSpec(
         project_id=project.project_id, name=INFERENCE, role=INFERENCE, image=image, command=command, env=env,
         ports={"http": port},

@@ -1,8 +1,10 @@
-"""Teardown: remove a project's services, and what its backend keeps for it.
+"""Teardown: remove a project's services, their MQTT users, and what its backend keeps for it.
 
 Used when training ends (the FL actors go, a model server stays), on cancel and on failure
 (everything goes). `strict` teardown lets a transient backend error through after trying every
 service, so the controller retries it; otherwise errors are logged and the services counted gone.
+A removed actor's MQTT user is deleted with it, and every user of the project when the
+project ends (`release_backend`, also called when a project completes).
 """
 
 import logging
@@ -10,6 +12,7 @@ import logging
 from flops_manager.models import Project, ProjectStatus
 from flops_manager.orchestration.base import OrchestratorError, TransientOrchestratorError
 from flops_manager.stages.context import StageContext
+from flops_manager.stages.credentials import revoke_project, revoke_services
 
 log = logging.getLogger("flops.manager")
 INFERENCE = "inference"
@@ -39,6 +42,7 @@ def remove_services(ctx: StageContext, project: Project, *, keep_inference: bool
                 log.warning("undeploy %s of %s: %s", handle.name, fresh.project_id, error)
         removed.append(handle.name)
     ctx.mark_inactive(fresh.project_id, removed)
+    revoke_services(ctx, fresh.project_id, removed)
     if retry_later is not None:
         raise retry_later
     if not keep_inference:
@@ -46,7 +50,8 @@ def remove_services(ctx: StageContext, project: Project, *, keep_inference: bool
 
 
 def release_backend(ctx: StageContext, project: Project, *, strict: bool) -> None:
-    """Remove what the backend keeps per project (an Oakestra application, say)."""
+    """Remove what the backend keeps per project (an Oakestra application, say), and the project's MQTT users."""
+    revoke_project(ctx, project.project_id)
     orchestrator = ctx.orchestrators.get(project.sla.backend.value)
     if orchestrator is None:
         return

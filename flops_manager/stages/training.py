@@ -1,9 +1,10 @@
 """Training: follow the aggregator until its summary is recorded, then tear the FL actors down.
 
 The summary arrives as aggregator/succeeded or aggregator/failed, or, when the aggregator
-exits without one, from its state folder (local) or as a failure with its log tail. Once a
-summary is recorded the actors go (the model server stays) and the project fails or moves
-on to post-training.
+exits without one, from its state folder (local) or as a failure with its log tail. While
+the aggregator runs, a learner that stopped is started again (`stages.restarts`). Once a
+summary is recorded the actors go (the model server stays), their MQTT users are revoked,
+and the project fails or moves on to post-training.
 """
 
 import logging
@@ -15,6 +16,7 @@ from flops_manager.models import ProcessHandle, Project, ProjectStatus
 from flops_manager.stages import teardown
 from flops_manager.stages.context import StageContext
 from flops_manager.stages.errors import StageError
+from flops_manager.stages.restarts import keep_learners
 
 log = logging.getLogger("flops.manager")
 STAGE = "training"
@@ -62,6 +64,8 @@ def watch_aggregator(ctx: StageContext, project: Project, aggregator: ProcessHan
     orchestrator = ctx.orchestrators.get(aggregator.backend) or ctx.orchestrator(project)
     state = orchestrator.status(aggregator)
     if not state.finished:
+        if read_summary(ctx.run_dir(project.project_id) / AGGREGATOR) is None:  # learners end with the training
+            keep_learners(ctx, project)
         return False
     summary = read_summary(ctx.run_dir(project.project_id) / AGGREGATOR)
     if summary is None:

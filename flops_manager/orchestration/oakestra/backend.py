@@ -9,6 +9,11 @@ so a restarted manager can find, watch and remove what it deployed.
 Addresses: the manager assigns every service's `rr_ip` (10.30.x.y) itself, from an
 `AddressAllocator` that records each address in the database and never hands one out twice, so
 the aggregator's address is known before it runs and can be given to the learners.
+`reserve_address` hands it out even before the service is deployed (the deploy stage puts it
+in the aggregator's TLS certificate); `deploy` then uses the reservation.
+
+Mounts: a spec's `read_only_mounts` (an actor's certificates and keys) become SLA `volumes` of
+the CSI driver in `FLOPS_OAKESTRA_VOLUME_CSI_DRIVER`; without one such a spec is refused.
 
 Errors come from `OakestraClient`: unreachable, timeouts and 5xx are transient, refusals
 permanent with Oakestra's message; `failed_services` in an HTTP 200 answer is a refusal too.
@@ -29,6 +34,7 @@ from flops_manager.orchestration.base import Orchestrator, OrchestratorError, Se
 from flops_manager.orchestration.oakestra.client import OakestraAPIError, OakestraClient, error_message, mongo_id
 from flops_manager.orchestration.oakestra.payload import (
     OakestraApp,
+    VolumeSettings,
     application_description,
     application_name,
     application_namespace,
@@ -59,6 +65,13 @@ class OakestraOrchestrator(Orchestrator):
         self.client = OakestraClient(settings, session=session, clock=clock)
         self._apps: dict[str, OakestraApp] = {}
         self._app_lock = threading.Lock()
+        self._reserved: dict[str, str] = {}
+        self._reserved_lock = threading.Lock()
+        self.volumes = (
+            VolumeSettings(settings.volume_csi_driver, dict(settings.volume_config))
+            if settings.volume_csi_driver
+            else None
+        )
 
     @classmethod
     def for_store(cls, settings: OakestraSettings, store: Any) -> OakestraOrchestrator:
@@ -162,18 +175,32 @@ class OakestraOrchestrator(Orchestrator):
         services = self.client.request("GET", f"/api/services/{app_id}")
         return {str(svc.get("microservice_name") or svc.get("service_name")) for svc in services or [] if svc}
 
+    def reserve_address(self, project_id: str, service: str) -> str:
+        """The rr_ip the project's `service` will get when deployed, allocated now (the same one until then)."""
+        owner = f"{project_id}/{service}"
+        with self._reserved_lock:
+            if owner not in self._reserved:
+                try:
+                    self._reserved[owner] = self.allocator.allocate(owner)
+                except AddressError as error:
+                    raise OrchestratorError(f"{service}: {error}") from error
+            return self._reserved[owner]
+
     def deploy(self, spec: ServiceSpec) -> ProcessHandle:
         instances = int(getattr(spec, "instances", 1) or 1)
-        check_deployable(spec)  # before anything is created or allocated
+        check_deployable(spec, self.volumes)  # before anything is created or allocated
         app = self.application(spec.project_id, create=True)
         assert app is not None
         name = service_name(spec, self._service_names(app.app_id))
+        owner = f"{spec.project_id}/{spec.name}"
+        with self._reserved_lock:
+            reserved = self._reserved.pop(owner, None)
         try:
-            rr_ip = self.allocator.allocate(f"{spec.project_id}/{spec.name}")
+            rr_ip = reserved or self.allocator.allocate(owner)
         except AddressError as error:
             raise OrchestratorError(f"{spec.name}: {error}") from error
         try:
-            document = microservice(spec, name, rr_ip, self.settings.placement)
+            document = microservice(spec, name, rr_ip, self.settings.placement, self.volumes)
             result = self.client.request(
                 "POST", "/api/service/", application_sla(self.settings.username, spec.project_id, app, [document])
             )

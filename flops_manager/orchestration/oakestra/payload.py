@@ -149,25 +149,62 @@ def placement_constraints(spec: ServiceSpec, placement: Mapping[str, str] | None
     return constraints
 
 
-def check_deployable(spec: ServiceSpec) -> None:
-    """Refuse what Oakestra cannot run: a service without an image, host folders to mount."""
+@dataclass(frozen=True)
+class VolumeSettings:
+    """How `read_only_mounts` reach Oakestra workers: SLA `volumes` of a CSI driver the workers advertise.
+
+    Oakestra has no host bind mounts; its SLA carries `volumes` (`volume_id`, `csi_driver`,
+    `mount_path`, `config`, a string map given to the driver), and the scheduler places a service
+    only on workers whose NodeEngine advertises that driver. `config` values may name the folder
+    to mount as `{source}` (its path on the manager, e.g. below an NFS export of FLOPS_HOME).
+    """
+
+    csi_driver: str
+    config: Mapping[str, str]
+
+
+def check_deployable(spec: ServiceSpec, volumes: VolumeSettings | None = None) -> None:
+    """Refuse what Oakestra cannot run: a service without an image, folders to mount without a CSI driver."""
     if not spec.image:
         raise OrchestratorError(
             f"{spec.name}: Oakestra runs container images and this service has none "
             "(build images with the image builder and push them to a registry the workers reach)"
         )
-    if spec.read_only_mounts:
+    if spec.read_only_mounts and volumes is None:
         raise OrchestratorError(
-            f"{spec.name}: host folders cannot be mounted into Oakestra services; bake the data into the "
-            "image or provide it on the worker (see docs/oakestra.md)"
+            f"{spec.name}: it needs {', '.join(sorted(spec.read_only_mounts))} mounted (its TLS certificates "
+            "and keys, or data); Oakestra mounts folders only as CSI volumes: set FLOPS_OAKESTRA_VOLUME_CSI_DRIVER "
+            "(and FLOPS_OAKESTRA_VOLUME_CONFIG) to a CSI driver the workers have (see docs/oakestra.md)"
         )
 
 
+def volume_entries(spec: ServiceSpec, volumes: VolumeSettings | None) -> list[dict[str, Any]]:
+    """One SLA volume per read-only mount: the driver, the path in the container, the driver's config."""
+    if not spec.read_only_mounts or volumes is None:
+        return []
+    entries = []
+    for source, target in sorted(spec.read_only_mounts.items()):
+        config = {key: str(value).replace("{source}", source) for key, value in volumes.config.items()}
+        entries.append(
+            {
+                "volume_id": "flops" + _digest(f"{spec.project_id}/{spec.name}/{source}")[:16],
+                "csi_driver": volumes.csi_driver,
+                "mount_path": target,
+                "config": config,
+            }
+        )
+    return entries
+
+
 def microservice(
-    spec: ServiceSpec, name: str, rr_ip: str, placement: Mapping[str, str] | None = None
+    spec: ServiceSpec,
+    name: str,
+    rr_ip: str,
+    placement: Mapping[str, str] | None = None,
+    volumes: VolumeSettings | None = None,
 ) -> dict[str, Any]:
     """The SLA v2.0 microservice for `spec`, named `name`, at round-robin address `rr_ip`."""
-    check_deployable(spec)
+    check_deployable(spec, volumes)
     service: dict[str, Any] = {
         "microserviceID": "",
         "microservice_name": name,
@@ -189,6 +226,9 @@ def microservice(
     constraints = placement_constraints(spec, placement)
     if constraints:
         service["constraints"] = constraints
+    mounts = volume_entries(spec, volumes)
+    if mounts:
+        service["volumes"] = mounts
     return service
 
 

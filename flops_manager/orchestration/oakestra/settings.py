@@ -17,6 +17,7 @@ from flops_manager.orchestration.base import OrchestratorError
 ENV_PREFIX = "FLOPS_OAKESTRA_"
 # Any of these set means the operator wants the backend: it is then configured in full or refused.
 ENABLING_VARIABLES = tuple(ENV_PREFIX + name for name in ("URL", "USERNAME", "PASSWORD", "PASSWORD_FILE"))
+DEFAULT_VOLUME_CONFIG = {"source": "{source}", "read_only": "true"}
 
 
 class OakestraConfigError(OrchestratorError):
@@ -51,6 +52,11 @@ class OakestraSettings(BaseModel):
     accept_user_tokens: bool = False
     # FLOps node name -> Oakestra placement ("cluster", "cluster1,cluster2" or "cluster/worker").
     placement: dict[str, str] = Field(default_factory=dict)
+    # CSI driver (advertised by the workers) that mounts the folders a service needs, its TLS
+    # certificates and keys first; None: services with mounts are refused. Config: the driver's
+    # string map, `{source}` standing for the folder's path on the manager.
+    volume_csi_driver: str | None = None
+    volume_config: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_VOLUME_CONFIG))
 
     @model_validator(mode="after")
     def _safe_transport(self) -> OakestraSettings:
@@ -116,6 +122,15 @@ class OakestraSettings(BaseModel):
                 placement = json.loads(get("PLACEMENT") or "{}")
             except json.JSONDecodeError as error:
                 raise OakestraConfigError(f"{ENV_PREFIX}PLACEMENT is not a JSON object: {error}") from error
+        volume_config: dict[str, str] = dict(DEFAULT_VOLUME_CONFIG)
+        if get("VOLUME_CONFIG"):
+            try:
+                loaded = json.loads(get("VOLUME_CONFIG") or "{}")
+            except json.JSONDecodeError as error:
+                raise OakestraConfigError(f"{ENV_PREFIX}VOLUME_CONFIG is not a JSON object: {error}") from error
+            if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+                raise OakestraConfigError(f"{ENV_PREFIX}VOLUME_CONFIG must map names to strings (a CSI config)")
+            volume_config = loaded
         fields: dict[str, Any] = {
             "url": url,
             "username": username,
@@ -125,6 +140,8 @@ class OakestraSettings(BaseModel):
             "insecure": (get("INSECURE") or "0").lower() in ("1", "true", "yes"),
             "accept_user_tokens": (get("USER_TOKENS") or "0").lower() in ("1", "true", "yes"),
             "placement": placement,
+            "volume_csi_driver": get("VOLUME_CSI_DRIVER"),
+            "volume_config": volume_config,
         }
         for name, field in (("TIMEOUT", "timeout_s"), ("ADDRESS_POOL", "address_pool")):
             if get(name):
