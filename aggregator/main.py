@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import importlib
 import io
-import ipaddress
 import os
 import re
 import signal
@@ -30,7 +29,7 @@ from aggregator.environment import MLFLOW_TRACKING_URI_ENV, STATE_DIR_ENV, TRACK
 from flops.app_bundle import build_app_dir
 from flops.flower_runtime import new_secret_file, superexec_command
 from flops.ml_repo.contract import ContractError, validate_repository
-from flops.net import free_port, port_open, wait_until
+from flops.net import free_port, is_loopback, port_open, wait_until
 from flops.processes import ManagedProcess
 from flops.progress import read_summary
 from flops.training import TrainingSpec, TrainingSummary
@@ -86,15 +85,6 @@ def check_security(args: argparse.Namespace) -> str | None:
     if not list(args.supernode_keys.glob("*.pub")):
         return f"{args.supernode_keys} holds no <name>.pub: no learner could join"
     return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:

@@ -1,5 +1,6 @@
 """Small networking helpers: free ports and waiting for a server to answer."""
 
+import ipaddress
 import socket
 import time
 import urllib.error
@@ -39,3 +40,13 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name, an IPv4 or an IPv6 address, bracketed or not) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

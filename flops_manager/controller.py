@@ -272,7 +272,7 @@ class Controller:
 
     def fail(self, project: Project, stage: str, message: str) -> None:
         """Tear everything down (as far as the backends let us) and end the project with the reason."""
-        teardown.remove_services(self.context, project, keep_inference=False, strict=False)
+        teardown.end_without_model(self.context, project, strict=False)
         self.store.update(project.project_id, {"retry": None})
         final = ProjectStatus.CANCELLED if stage == CANCELLING else ProjectStatus.FAILED
         self.store.transition(

@@ -33,7 +33,7 @@ from flops.data.node_data import missing_tags
 from flops.events import Component, EventName, LearnerReport, make_event
 from flops.flower_runtime import new_secret_file, superexec_command
 from flops.mqtt import MqttSettings, publish_once
-from flops.net import free_port, port_open, wait_until
+from flops.net import free_port, is_loopback, port_open, wait_until
 from flops.pki import ProjectPKI
 from flops.runtime_env import process_env
 from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
@@ -85,6 +85,12 @@ def check_security(args: argparse.Namespace) -> str | None:
     if args.insecure:
         if args.root_certificates or args.auth_supernode_private_key:
             return "--insecure cannot be combined with --root-certificates or --auth-supernode-private-key"
+        host = args.superlink.rpartition(":")[0]
+        if not is_loopback(host):
+            return (
+                f"--insecure is only for experiments on loopback, not towards {host}: give --root-certificates "
+                "and --auth-supernode-private-key"
+            )
         return None
     if not args.root_certificates or not args.auth_supernode_private_key:
         return (

@@ -176,6 +176,18 @@ def test_aggregator_refuses_plain_http_on_a_non_loopback_address(tmp_path: Path)
     assert done.returncode != 0 and "only for experiments on loopback" in done.stderr
 
 
+def test_a_learner_refuses_plain_http_towards_a_non_loopback_superlink(tmp_path: Path) -> None:
+    from learner.main import check_security as learner_check
+    from learner.main import parse_args as learner_args
+
+    base = ["--data-dir", str(tmp_path), "--insecure"]
+    assert "only for experiments on loopback" in str(
+        learner_check(learner_args([*base, "--superlink", "10.3.0.7:9092"]))
+    )
+    for loopback in ("127.0.0.1:9092", "localhost:9092", "[::1]:9092"):
+        assert learner_check(learner_args([*base, "--superlink", loopback])) is None, loopback
+
+
 async def _call(path: str, headers: list[tuple[bytes, bytes]]) -> int:
     """The status the guard (token "s3cret") gives a request: 200 when it reached the app behind it."""
     reached: list[str] = []

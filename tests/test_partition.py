@@ -55,3 +55,16 @@ def test_parquet_file_keeps_its_columns_not_pandas_index(tmp_path: Path) -> None
     partition(str(tmp_path / "data.parquet"), 3, "t", tmp_path / "out")
     node = pd.read_parquet(tmp_path / "out" / "node-1" / "t" / "part-0.parquet")
     assert list(node.columns) == ["x", "label"] and len(node) == 10
+
+
+def test_cli_partition_records_the_tags_owner(tmp_path: Path) -> None:
+    from flops.data.ownership import read_ownership
+
+    args = ["data", "partition", "iris", "--nodes", "2", "--tag", "t", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--owner", "alice"])
+    assert result.exit_code == 0, result.output
+    for node in ("node-1", "node-2"):
+        ownership = read_ownership(tmp_path / node / "t")
+        assert ownership.owner == "alice" and ownership.usable_by("alice") and not ownership.usable_by("bob")
+    assert CliRunner().invoke(app, [*args, "--shared"]).exit_code == 0
+    assert read_ownership(tmp_path / "node-1" / "t").usable_by("bob")

@@ -568,8 +568,12 @@ def attacked(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         manager.add_mock_nodes("Admin")
         victim_log = "victim-secret-" + secrets.token_hex(8)
         write(home / "projects" / "victim" / "logs" / "learner-node-1.log", victim_log, 0o644)
+        # Another customer's tag on the learner's own node: world-readable, as partitioned data is.
+        other_tag = home / "nodes" / "node-1" / "bobs-tag"
+        write(other_tag / "part-0.parquet", victim_log, 0o644)
+        other_tag.chmod(0o755)
         repo = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "hostile")
-        targets = {**targets_in(home), "own node": str(home / "nodes" / "node-1")}
+        targets = {**targets_in(home), "own node": str(home / "nodes" / "node-1"), "another tag": str(other_tag)}
         code = attack_code(targets, [manager.process.pid if manager.process else 1], [str(home / "pwned")])
         source = (repo / "model_manager.py").read_text()
         (repo / "model_manager.py").write_text(code + "\n" + source)
@@ -599,9 +603,11 @@ def test_a_hostile_repository_trains_but_reads_no_secret_and_leaks_none_into_its
     for report in learner_reports:
         assert report["uid"] == SANDBOX_UID
         for name in ("admin token", "store", "store file", "other project's run", "other project's folder",
-                     "other node's data", "the manager's cache"):  # fmt: skip
+                     "other node's data", "the manager's cache", "another tag"):  # fmt: skip
             assert report[name].startswith("DENIED"), (name, report[name])
+        # Its node shows the project's tag alone.
         assert report["own node"].startswith("LISTED") and "digits" in report["own node"]
+        assert "bobs-tag" not in report["own node"], report["own node"]
         assert not {"FLOPS_ADMIN_TOKEN", "FLOPS_TEST_CANARY", "FLOPS_HOME"} & set(report["env"])
         assert str(report[f"environ-{manager.process.pid if manager.process else 1}"]).startswith("DENIED")
     assert not (manager.home / "pwned").exists()

@@ -34,7 +34,12 @@ from flops.training import RoundReport, TrainingSpec
 from flops_manager.models import Project, registry_name
 from flops_manager.settings import ManagerSettings
 from flops_manager.stages.errors import StageError
-from flops_manager.tracking_identities import customer_login, prepare_training, project_credentials_file
+from flops_manager.tracking_identities import (
+    customer_login,
+    prepare_training,
+    project_credentials_file,
+    retire_project,
+)
 from tests.observatory_process import Observatory
 
 pytestmark = pytest.mark.slow
@@ -236,6 +241,18 @@ def test_two_customers_with_one_model_name_get_two_registered_models(
     deployed(settings, "acme.x", "digits", "p-dotted")
     with pytest.raises(StageError, match="is taken"):
         deployed(settings, "acme", "x.digits", "p-collides")
+
+
+def test_a_project_ending_without_a_model_loses_its_identity(
+    observatory: Observatory, settings: ManagerSettings
+) -> None:
+    _, identity_file = deployed(settings, "acme", "retired", "p-retired")
+    identity = read_credentials(identity_file)
+    assert As(observatory.uri, identity).get("/api/2.0/mlflow/experiments/search", max_results=1).status_code == 200
+    retire_project(settings, project("acme", "retired", "p-retired"), settings.home / "projects" / "p-retired")
+    assert not identity_file.exists()
+    assert not TrackingAdmin(observatory.uri, observatory.admin_file).user_exists(identity.username)
+    assert As(observatory.uri, identity).get("/api/2.0/mlflow/experiments/search", max_results=1).status_code == 401
 
 
 def test_rounds_kept_while_the_server_is_away_are_tracked_once_when_it_returns(

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flops.data.ownership import OPERATOR, TagOwnership
 from flops.data.partition import Scheme, partition
 
 app = typer.Typer(help="Prepare node-local data.", no_args_is_help=True)
@@ -25,14 +26,22 @@ def partition_command(
     alpha: float = typer.Option(0.5, "--alpha", min=0.0001, help="Dirichlet concentration"),
     seed: int = typer.Option(42, "--seed"),
     label_column: str = typer.Option("label", "--label-column", help="label column of a file"),
+    owner: str = typer.Option(
+        OPERATOR, "--owner", help="the customer whose projects may train on this tag (default: the operator's Admin)"
+    ),
+    shared: bool = typer.Option(False, "--shared", help="let every customer's projects train on this tag"),
 ) -> None:
     """Split DATASET into per-node folders OUT/node-i/TAG/ and show each node's labels.
+
+    Each tag folder records its owner (`--owner`, `--shared`): only that customer's projects
+    train on it (see docs/security.md).
 
     Hugging Face data sets come from the hub when it answers, else from the local Hugging Face
     cache (HF_HOME); HF_HUB_OFFLINE=1 skips the hub.
     """
     try:
-        histogram = partition(dataset, nodes, tag, out, scheme, alpha, seed, label_column)
+        ownership = TagOwnership(owner=owner, shared=shared)
+        histogram = partition(dataset, nodes, tag, out, scheme, alpha, seed, label_column, ownership=ownership)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error

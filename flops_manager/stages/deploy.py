@@ -7,6 +7,7 @@ with the code inside the image).
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,11 +98,16 @@ class ActorPlan:
     def in_image(self) -> bool:
         return not self.local
 
-    def data_mounts(self, node: LocalNode) -> dict[str, str]:
-        """Containers on this machine see the node folder read-only at the same path."""
+    def data_mounts(self, node: LocalNode, tags: Sequence[str]) -> dict[str, str]:
+        """Containers on this machine see the project's tag folders of the node, read-only, at the same paths."""
         if self.backend != "docker" or self.remote_data_root:
             return {}
-        return {str(node.data_dir): str(node.data_dir)}
+        return {path: path for path in self.data_paths(node, tags)}
+
+    def data_paths(self, node: LocalNode, tags: Sequence[str]) -> list[str]:
+        """What of a node a learner may read: the folders of the project's tags only, never the
+        node's other tags (another customer's data may lie beside them)."""
+        return [str(node.data_dir / tag) for tag in tags]
 
     def data_dir(self, node: LocalNode) -> str:
         if self.remote_data_root:
@@ -183,9 +189,12 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
                     **actor_mqtt_env(ctx, project.project_id, Component.LEARNER, node.name, stage=STAGE),
                     "FLOPS_PROJECT_ID": project.project_id,
                 },
-                read_only_mounts={**plan.data_mounts(node), **container_mounts(plan.backend, identity.folder)},
+                read_only_mounts={
+                    **plan.data_mounts(node, config.data_tags), **container_mounts(plan.backend, identity.folder)
+                },
                 **resources,
-                read_only_paths=[plan.data_dir(node), str(identity.folder)],  # its node's data, its own key
+                # its project's tags of its node's data, its own key
+                read_only_paths=[*plan.data_paths(node, config.data_tags), str(identity.folder)],
             )  # fmt: skip
             handles.append(orchestrator.deploy(learner))
     except Exception:

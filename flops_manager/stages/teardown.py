@@ -1,8 +1,9 @@
 """Teardown: remove a project's services, their MQTT users, and what its backend keeps for it.
 
 Used when training ends (the FL actors go, a model server stays), on cancel and on failure
-(everything goes). `strict` teardown lets a transient backend error through after trying every
-service, so the controller retries it; otherwise errors are logged and the services counted gone.
+(everything goes, the project's MLflow identity too). `strict` teardown lets a transient backend
+error through after trying every service, so the controller retries it; otherwise errors are
+logged and the services counted gone.
 A removed actor's MQTT user is deleted with it, and every user of the project when the
 project ends (`release_backend`, also called when a project completes).
 """
@@ -13,6 +14,7 @@ from flops_manager.models import Project, ProjectStatus
 from flops_manager.orchestration.base import OrchestratorError, TransientOrchestratorError
 from flops_manager.stages.context import StageContext
 from flops_manager.stages.credentials import revoke_project, revoke_services
+from flops_manager.tracking_identities import retire_project
 
 log = logging.getLogger("flops.manager")
 INFERENCE = "inference"
@@ -65,8 +67,14 @@ def release_backend(ctx: StageContext, project: Project, *, strict: bool) -> Non
         log.warning("releasing %s on %s: %s", project.project_id, orchestrator.name, error)
 
 
+def end_without_model(ctx: StageContext, project: Project, *, strict: bool) -> None:
+    """A project that ends cancelled or failed: every service goes, and its MLflow identity with them."""
+    remove_services(ctx, project, keep_inference=False, strict=strict)
+    retire_project(ctx.settings, project, ctx.run_dir(project.project_id))
+
+
 def cancel(ctx: StageContext, project: Project) -> bool:
     """The user cancelled: remove everything, then the project is cancelled."""
-    remove_services(ctx, project, keep_inference=False, strict=True)
+    end_without_model(ctx, project, strict=True)
     ctx.store.transition(project.project_id, ProjectStatus.CANCELLED, now=ctx.clock())
     return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
+from flops.net import is_loopback
 from flops_manager.orchestration.addresses import DEFAULT_POOL
 from flops_manager.orchestration.base import OrchestratorError
 
@@ -22,15 +22,6 @@ DEFAULT_VOLUME_CONFIG = {"source": "{source}", "read_only": "true"}
 
 class OakestraConfigError(OrchestratorError):
     """The Oakestra backend is not configured (or configured unsafely); the message says how to fix it."""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OakestraSettings(BaseModel):
@@ -64,7 +55,7 @@ class OakestraSettings(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"FLOPS_OAKESTRA_URL must be an http(s) URL, not {self.url!r}")
         self.url = self.url.rstrip("/")
-        loopback = _is_loopback(parts.hostname)
+        loopback = is_loopback(parts.hostname)
         if self.insecure and not loopback:
             raise ValueError(
                 "FLOPS_OAKESTRA_INSECURE=1 is only accepted for a system manager on this machine (loopback); "
