@@ -121,4 +121,15 @@ class ManagerClient:
         return dict(self._request("POST", "/api/flops/mocks", json=body)["nodes"])
 
     def create_token(self, customer_id: str) -> str:
-        return str(self._request("POST", "/api/flops/tokens", json={"customer_id": customer_id})["token"])
+        return str(self.issue_token(customer_id)["token"])
+
+    def issue_token(self, customer_id: str) -> dict[str, Any]:
+        """A new customer token (admin): `{customer_id, token, token_id}`; the token is shown only now."""
+        return dict(self._request("POST", "/api/flops/tokens", json={"customer_id": customer_id}))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The token records (admin): id, customer, role, creation time; never a token."""
+        return list(self._request("GET", "/api/flops/tokens"))
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/api/flops/tokens/{token_id}"))

@@ -422,7 +422,27 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             token = tokens.create_customer_token(body.customer_id)
         except ValueError as error:
             raise ApiError(422, str(error), {"field": "customer_id"}) from error
-        return jsonify({"customer_id": body.customer_id, "token": token}), 201
+        record = tokens.record_of(token)
+        return jsonify({"customer_id": body.customer_id, "token": token, "token_id": record["token_id"]}), 201
+
+    @app.get("/api/flops/tokens")
+    @authenticated
+    def list_tokens() -> Response:
+        admin_only()
+        return jsonify(tokens.list_tokens())
+
+    @app.delete("/api/flops/tokens/<token_id>")
+    @authenticated
+    def revoke_token(token_id: str) -> Response:
+        """Revoke a token at once (rotation: create the new one first, then revoke the old)."""
+        admin_only()
+        record = next((doc for doc in tokens.list_tokens() if doc.get("token_id") == token_id), None)
+        if record is None:
+            raise ApiError(404, f"no token {token_id}: GET /api/flops/tokens lists them")
+        if record.get("role") == "admin" and sum(doc.get("role") == "admin" for doc in tokens.list_tokens()) == 1:
+            raise ApiError(409, "this is the last admin token: register another one (FLOPS_ADMIN_TOKEN) first")
+        tokens.revoke(token_id)
+        return jsonify({"revoked": token_id, "customer_id": record.get("customer_id")})
 
     @app.delete("/api/flops/database")
     @authenticated

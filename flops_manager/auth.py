@@ -164,6 +164,13 @@ class TokenService:
         self._register(token, customer_id, "customer")
         return token
 
+    def record_of(self, token: str) -> dict[str, Any]:
+        """The record of a token just issued, without its hash."""
+        found = self.store.find_token(hash_token(token))
+        if found is None:
+            raise KeyError("no such token")
+        return {key: value for key, value in found.items() if key != "token_hash"}
+
     def list_tokens(self) -> list[dict[str, Any]]:
         """Token records without their hashes (id, customer, role, creation time): safe to show."""
         return [{key: value for key, value in doc.items() if key != "token_hash"} for doc in self.store.list_tokens()]

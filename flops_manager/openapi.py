@@ -56,8 +56,26 @@ MOCKED = {
 }
 TOKEN = {
     "type": "object",
-    "properties": {"customer_id": {"type": "string"}, "token": {"type": "string"}},
-    "required": ["customer_id", "token"],
+    "properties": {"customer_id": {"type": "string"}, "token": {"type": "string"}, "token_id": {"type": "string"}},
+    "required": ["customer_id", "token", "token_id"],
+}
+TOKEN_RECORDS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "token_id": {"type": "string"},
+            "customer_id": {"type": "string"},
+            "role": {"type": "string", "enum": ["admin", "customer"]},
+            "created_at": {"type": "number"},
+        },
+        "required": ["token_id", "customer_id", "role"],
+    },
+}
+REVOKED = {
+    "type": "object",
+    "properties": {"revoked": {"type": "string"}, "customer_id": {"type": "string"}},
+    "required": ["revoked"],
 }
 DATA_TAGS = {
     "type": "array",
@@ -114,6 +132,7 @@ def openapi_document() -> dict[str, Any]:
     components["Error"] = ERROR
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     project_id = {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    token_id = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
     def body(name: str) -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
@@ -197,6 +216,13 @@ def openapi_document() -> dict[str, Any]:
                      "requestBody": body("TokenRequest"),
                      "responses": _responses({"201": ("token, shown once", TOKEN)},
                                              *AUTHENTICATED, "403", "413", "422")},
+            "get": {"summary": "the tokens (admin): ids, customers, roles, never the tokens", "security": secured,
+                    "responses": _responses({"200": ("token records", TOKEN_RECORDS)}, *AUTHENTICATED, "403")},
+        },
+        "/api/flops/tokens/{token_id}": {
+            "delete": {"summary": "revoke a token at once (admin); the last admin token cannot be",
+                       "security": secured, "parameters": [token_id],
+                       "responses": _responses({"200": ("revoked", REVOKED)}, *AUTHENTICATED, "403", "404", "409")},
         },
         "/api/flops/database": {
             "delete": {"summary": "reset the store (admin)", "security": secured,

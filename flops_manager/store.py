@@ -294,6 +294,9 @@ class ProjectStore:
             return bool(self._tokens.delete_many({"token_id": token_id}).deleted_count > 0)
 
 
+STORE_PLACEHOLDER = "flops-store-placeholder"
+
+
 def open_store(mongo_uri: str | None, data_dir: Path, *, database_name: str = DATABASE_NAME) -> ProjectStore:
     """The store FLOps runs on: MongoDB at `mongo_uri` if given, else montydb/SQLite in `data_dir`.
 
@@ -312,4 +315,10 @@ def open_store(mongo_uri: str | None, data_dir: Path, *, database_name: str = DA
     data_dir.mkdir(parents=True, exist_ok=True)
     montydb.set_storage(str(data_dir), storage="sqlite")
     client = montydb.MontyClient(str(data_dir))
-    return ProjectStore(client[database_name], client, serialize=True)
+    database = client[database_name]
+    for name in (PROJECTS, TOKENS):
+        # montydb's SQLite table appears with a collection's first document: before it, every
+        # read or delete fails ("no such table"). One placeholder, written and removed, makes it.
+        database[name].replace_one({"_id": STORE_PLACEHOLDER}, {"_id": STORE_PLACEHOLDER}, upsert=True)
+        database[name].delete_one({"_id": STORE_PLACEHOLDER})
+    return ProjectStore(database, client, serialize=True)

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from flops_manager.orchestration.local import tail_file
+from tests.conftest import run_flops
 from tests.manager_process import Manager
 
 REQUEST_TIMEOUT_S = 3
@@ -275,3 +276,20 @@ def test_a_bounded_schemathesis_run_finds_no_server_error_or_undeclared_status(
     assert "500 Internal Server Error" not in done.stdout
     events = [json.loads(line) for path in report.glob("*.ndjson") for line in path.read_text().splitlines() if line]
     assert events, "schemathesis wrote no report"
+
+
+def test_flops_token_create_list_revoke_against_the_manager(manager: Manager) -> None:
+    env = {"FLOPS_MANAGER_URL": manager.url, "FLOPS_TOKEN": manager.admin_token}
+    created = run_flops("token", "create", "carol", env=env, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    token_id = created.stdout.split()[1]
+    listed = run_flops("token", "list", env=env, timeout=120)
+    assert token_id in listed.stdout and "carol" in listed.stdout and token not in listed.stdout
+    carol = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{manager.url}/api/flops/projects", headers=carol, timeout=30).status_code == 200
+    revoked = run_flops("token", "revoke", token_id, env=env, timeout=120)
+    assert revoked.returncode == 0 and f"revoked {token_id}" in revoked.stdout, revoked.stdout + revoked.stderr
+    assert requests.get(f"{manager.url}/api/flops/projects", headers=carol, timeout=30).status_code == 401
+    as_carol = run_flops("token", "list", env={**env, "FLOPS_TOKEN": token}, timeout=120)
+    assert as_carol.returncode == 1 and "error:" in as_carol.stdout

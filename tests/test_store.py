@@ -330,3 +330,13 @@ def test_embedded_store_persists_across_reopen(tmp_path: Path) -> None:
         assert [p.project_id for p in second.active()] == ["p2", "p1"]
         assert not second.record_event("p1", "ev-1", event())
         assert second.find_token("h1") is not None
+
+
+def test_a_fresh_embedded_store_answers_reads_and_resets_before_its_first_project(tmp_path: Path) -> None:
+    """montydb makes a collection's table with its first document: a new manager must not answer 500 before it."""
+    store = open_store(None, tmp_path / "fresh")
+    try:
+        assert store.list() == [] and store.get("nope") is None and store.find_token("nope") is None
+        assert store.delete_all() == 0
+    finally:
+        store.close()

@@ -345,3 +345,27 @@ def test_builds_only_ended_projects_used_are_removed(world: World) -> None:
     assert sweep_builds(world.store, world.settings) == [world.settings.builds_dir / "k-ended"]
     assert {p.name for p in world.settings.builds_dir.iterdir()} == {"k-shared", "k-serving", "k-flops-train"}
     assert world.store.get(ended) is not None
+
+
+def test_the_admin_lists_and_revokes_tokens_and_a_revoked_token_is_refused_at_once(world: World) -> None:
+    assert world.call("GET", "/api/flops/projects", world.bob).status_code == 200
+    listed = world.call("GET", "/api/flops/tokens").get_json()
+    assert {record["customer_id"] for record in listed} >= {"alice", "bob"}
+    assert all("token" not in record and "token_hash" not in record for record in listed)
+    bobs = next(record["token_id"] for record in listed if record["customer_id"] == "bob")
+    # Customers neither list nor revoke tokens, their own or another's.
+    assert world.call("GET", "/api/flops/tokens", world.alice).status_code == 403
+    assert world.call("DELETE", f"/api/flops/tokens/{bobs}", world.alice).status_code == 403
+    # Rotation: a new token for bob, then the old one revoked.
+    issued = world.call("POST", "/api/flops/tokens", json={"customer_id": "bob"})
+    assert issued.status_code == 201 and issued.get_json()["token_id"] != bobs
+    revoked = world.call("DELETE", f"/api/flops/tokens/{bobs}")
+    assert revoked.status_code == 200 and revoked.get_json() == {"revoked": bobs, "customer_id": "bob"}
+    assert world.call("GET", "/api/flops/projects", world.bob).status_code == 401
+    assert world.call("GET", "/api/flops/projects", issued.get_json()["token"]).status_code == 200
+    missing = world.call("DELETE", f"/api/flops/tokens/{bobs}")
+    assert missing.status_code == 404 and "GET /api/flops/tokens" in missing.get_json()["message"]
+    admin_id = next(record["token_id"] for record in listed if record["role"] == "admin")
+    last = world.call("DELETE", f"/api/flops/tokens/{admin_id}")
+    assert last.status_code == 409 and "last admin token" in last.get_json()["message"]
+    assert world.call("GET", "/api/flops/tokens").status_code == 200

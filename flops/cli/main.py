@@ -2,7 +2,7 @@
 
 import typer
 
-from flops.cli import data, projects, tracking, train
+from flops.cli import data, projects, tokens, tracking, train
 
 app = typer.Typer(
     help="FLOps: federated learning as easy to run as a container.",
@@ -10,6 +10,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(tokens.app, name="token")
 app.command("train")(train.train_command)
 app.command("up")(projects.up_command)
 app.command("down")(projects.down_command)
