@@ -7,7 +7,7 @@ without credentials answers 401, an identity sees only what it was granted. The 
 - the admin (`ADMIN_USERNAME`), generated at the observatory's first start and written to a
   0600 file under its home; only the manager (and the embedded stack's owner) reads it;
 - one identity per project (`project_username`), made by the manager at deploy: EDIT on the
-  project's experiment and registered model only, while it trains; READ on the model after;
+  project's experiment and registered model only, while it trains; READ on the model and experiment after;
 - one identity per customer (`customer_username`): READ on that customer's experiments and
   models, for the status links; `GET /api/flops/tracking` hands it to the customer.
 

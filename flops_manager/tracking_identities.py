@@ -5,7 +5,8 @@
   tagged with their customer; the project's identity (`project-<id>`) holds EDIT on both and
   nothing else; the customer's identity (`customer-<id>`) holds READ on both. The project's
   credentials go to the aggregator as a file (local backend) or in its environment.
-- After training (`serving_env`): the project's identity keeps READ on the model only; the
+- After training (`serving_env`): the project's identity keeps READ on its model and experiment
+  (the model's files are the experiment's artifacts), nothing else; the
   inference-image builder and the model server read the model with it, from their environment.
 - `customer_login`: the customer's username and password for the MLflow UI (made at first use,
   kept 0600 under `FLOPS_HOME/tracking/`); deleting that file rotates the password.
@@ -148,7 +149,7 @@ def prepare_training(
 def serving_env(settings: ManagerSettings, project: Project, run_dir: Path) -> dict[str, str]:
     """The environment that lets the inference builder or model server read the project's model.
 
-    The project's identity is cut down to READ on its registered model first (its training is over).
+    The project's identity is cut down to READ on its registered model and experiment first (its training is over).
     """
     admin = tracking_admin(settings)
     path = project_credentials_file(run_dir)
@@ -158,7 +159,8 @@ def serving_env(settings: ManagerSettings, project: Project, run_dir: Path) -> d
         identity = read_credentials(path)
         admin.grant(identity.username, "registered_model", project.model_name, "READ")
         if project.training is not None and project.training.experiment_id:
-            admin.revoke(identity.username, "experiment", project.training.experiment_id)
+            # The model's files are the experiment's artifacts: MLflow's artifact proxy checks READ there.
+            admin.grant(identity.username, "experiment", project.training.experiment_id, "READ")
     except (TrackingAuthError, ValueError) as error:
         raise _stage_error("post_training", error) from error
     return credentials_env(identity)

@@ -146,12 +146,15 @@ class DockerOrchestrator(Orchestrator):
         from docker.types import Mount
 
         mounts = []
+        run_dir = (self.runs_dir / spec.project_id).resolve() if self.runs_dir is not None else None
         for source, target in spec.read_only_mounts.items():
             if not Path(source).exists():
                 raise OrchestratorError(f"{spec.name}: the folder to mount does not exist: {source}")
-            mounts.append(Mount(target=target, source=str(Path(source).resolve()), type="bind", read_only=True))
-        if self.runs_dir is not None:
-            run_dir = (self.runs_dir / spec.project_id).resolve()
+            resolved = Path(source).resolve()
+            if resolved.is_dir() and not resolved.stat().st_mode & 0o005:
+                _hand_over_private(resolved, user, run_dir)  # the actor's own keys and certificates
+            mounts.append(Mount(target=target, source=str(resolved), type="bind", read_only=True))
+        if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount(target=str(run_dir), source=str(run_dir), type="bind", read_only=False))
             _hand_over(run_dir, user)
@@ -279,6 +282,24 @@ def _hand_over(folder: Path, user: str) -> None:
     if os.geteuid() != 0 or not uid.isdigit() or (gid and not gid.isdigit()):
         return
     os.chown(folder, int(uid), int(gid or uid))
+
+
+def _hand_over_private(folder: Path, user: str, run_dir: Path | None) -> None:
+    """As root, give an actor's private folder (0700, files 0600: its keys and certificates) to the
+    container's numeric user; below a mounted run folder, let that user through the folders
+    above it too (0711: no listing)."""
+    from flops.sandbox import give_tree
+
+    uid, _, gid = user.partition(":")
+    if os.geteuid() != 0 or not uid.isdigit() or (gid and not gid.isdigit()):
+        return
+    give_tree(folder, int(uid), int(gid or uid))
+    if run_dir is None or not folder.is_relative_to(run_dir):
+        return
+    for parent in folder.parents:
+        if parent == run_dir:
+            break
+        parent.chmod(parent.stat().st_mode & 0o777 | 0o711)
 
 
 def _remove(container: Any) -> None:
