@@ -13,6 +13,8 @@ from pathlib import Path
 DEFAULT_TRACKING_URI = "http://127.0.0.1:7027"
 # FLOPS_HOME holds the store, tokens, broker passwords and every project's files: only its owner enters.
 PRIVATE_MODE = 0o700
+# FLOPS_HOME/sources: where local repositories may lie by default (the manager's source policy).
+SOURCES_FOLDER = "sources"
 
 log = logging.getLogger("flops")
 

@@ -23,9 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field
 
+from flops.config import SOURCES_FOLDER
+
 DEFAULT_SCHEMES = ("https",)
 KNOWN_SCHEMES = frozenset({"https", "http", "ssh", "git"})
-SOURCES_FOLDER = "sources"
 # git's `<transport>::<address>` syntax runs a remote helper (ext:: runs any command).
 _REMOTE_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 # git's scp-like syntax: [user@]host:path, with no slash before the first colon.

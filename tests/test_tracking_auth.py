@@ -317,8 +317,8 @@ def test_a_round_outlasting_the_limit_is_stopped_by_the_watcher(
     _, reports = digits_rounds(1)
     tracker = MlflowTracker(spec, observatory.uri, outage_limit_s=6, watch_interval_s=1)
     tracker.log_round(reports[0])  # this thread trains
+    killed = time.monotonic()  # before: the server is gone (and the watcher may hear it) before kill() returns
     observatory.kill()
-    killed = time.monotonic()
     try:
         with pytest.raises(TrackingUnavailableError, match="unreachable for"):
             while time.monotonic() - killed < 60:  # the next round, waiting as Flower's poll does

@@ -89,7 +89,7 @@ def test_mlflow_back_within_the_limit_every_round_tracked_once(
 
     names = sorted(run["info"]["run_name"] for run in tracked_runs(observatory, project))
     assert names == ["round-1", "round-2", "round-3", f"training-{project_id}"]
-    assert sorted(project["training"]["round_run_ids"]) == sorted(
+    assert sorted(report["run_id"] for report in project["rounds"]) == sorted(
         run["info"]["run_id"] for run in tracked_runs(observatory, project) if run["info"]["run_name"] != names[-1]
     )
     assert project["model"]["name"] == "Admin.digits-sklearn" and project["model"]["version"]

@@ -18,7 +18,7 @@ from flops import stack
 from flops.broker import BrokerError
 from flops.cli.tracking import login_hint
 from flops.client import ManagerClient, ManagerError
-from flops.config import flops_home
+from flops.config import SOURCES_FOLDER, flops_home
 from flops.sandbox import SandboxSettings, SandboxUnavailable
 from flops.tracking_server import TrackingServerError
 
@@ -292,7 +292,7 @@ def demo_command(rounds: int = typer.Option(3, "--rounds"), learners: int = type
     try:
         nodes = client.mocks("digits", learners, "digits")
         console.print(f"node data: {nodes}")
-        repo = demo_repository(flops_home() / "demo" / "digits-sklearn")
+        repo = demo_repository(flops_home() / SOURCES_FOLDER / "digits-sklearn")
         sla = {
             "customerID": "Admin",
             "ml_repo_url": str(repo),
