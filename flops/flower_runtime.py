@@ -15,10 +15,10 @@ from flops.pki import write_private
 SECRET_BYTES = 32
 
 
-def flower_binary(name: str) -> str:
-    """Flower's console script `name` of this installation, else `name` on PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+def adaptive_flower_command(script: str) -> list[str]:
+    """Flower's console script `script` (flower-supernode, flower-superexec) of this Python, with
+    the adaptive polling of `flops.flower_polling`."""
+    return [sys.executable, "-m", "flops.flower_polling", script]
 
 
 def new_secret_file(path: Path) -> Path:
@@ -34,7 +34,7 @@ def superexec_command(
     (None only for a SuperLink its aggregator was explicitly told to run without TLS)."""
     tls = ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     return [
-        flower_binary("flower-superexec"),
+        *adaptive_flower_command("flower-superexec"),
         "--runtime-api-address", runtime_address,
         *tls,
         "--superexec-auth-secret-file", str(secret_file),

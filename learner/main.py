@@ -15,7 +15,6 @@ loopback experiments.
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pydantic import BaseModel
 
 from flops.data.node_data import missing_tags
 from flops.events import Component, EventName, LearnerReport, make_event
-from flops.flower_runtime import new_secret_file, superexec_command
+from flops.flower_runtime import adaptive_flower_command, new_secret_file, superexec_command
 from flops.mqtt import MqttSettings, publish_once
 from flops.net import free_port, is_loopback, port_open, wait_until
 from flops.pki import ProjectPKI
@@ -108,14 +107,13 @@ def supernode_command(args: argparse.Namespace, port: int, runtime_tls: Path, se
 
     `runtime_tls` holds a CA, certificate and key (`ProjectPKI.superlink` layout) for the Runtime API.
     """
-    binary = shutil.which("flower-supernode", path=str(Path(sys.executable).parent)) or "flower-supernode"
     node_config = (
         f'{NODE_NAME_KEY}="{args.node_name}" '
         f'{DATA_DIR_KEY}="{args.data_dir.resolve()}" '
         f'{DATA_TAGS_KEY}="{args.data_tags}"'
     )
     command = [
-        binary,
+        *adaptive_flower_command("flower-supernode"),
         "--superlink", args.superlink,
         "--host", args.host,
         "--port", str(port),

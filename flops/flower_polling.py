@@ -1,0 +1,207 @@
+"""Adaptive polling for Flower 1.41's deployment engine: waits that follow the work.
+
+Flower's loops poll at fixed intervals: an idle SuperNode pulls every 3 s
+(`flwr.supernode.start_client_internal`) and checks for its ClientApp's reply every 0.5 s, a
+SuperExec looks for tasks every 1 s (`flwr.supercore.superexec.run_superexec`), and the ServerApp's
+grid pulls replies every 3 s (`flwr.superlink.grid.http_grid`). A round whose training takes
+0.1 s thus takes about 16 s. Flower has no setting for them (FLWR_SUPEREXEC_TASK_POLL_INTERVAL is a
+constant, and the others are literals), and FLOps does not fork Flower, so this module hooks them.
+
+Contract: each hooked loop waits `fraction` of the time since its last activity (a message pulled
+or pushed, a task launched, messages sent to the grid), never less than a floor of milliseconds and
+never more than Flower's own interval. Right after activity a loop answers within milliseconds; an
+idle one backs off to Flower's interval, so a thousand idle learners poll as Flower's own do.
+
+How: the hooked module's `time` name is replaced by a proxy whose `sleep` maps Flower's literal
+intervals to a `Backoff` (every other call passes through), and the functions that mark activity
+are wrapped. The hooks apply to the pinned Flower version only; on another version `install`
+leaves Flower's polling alone and logs a warning, and `tests/test_flower_polling.py` fails until
+the hooks are checked against the new version's loops.
+
+    python -m flops.flower_polling flower-supernode ARGS...   # a SuperNode with adaptive polling
+    python -m flops.flower_polling flower-superexec ARGS...   # a SuperExec likewise
+"""
+
+import functools
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flwr
+
+FLOWER_VERSION = "1.41.0"
+"""The Flower version whose loops the hooks were written against (pyproject pins it)."""
+
+SUPERNODE_MODULE = "flwr.supernode.start_client_internal"
+SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
+GRID_MODULE = "flwr.superlink.grid.http_grid"
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """A wait of `fraction` of the time since the last `reset`, within [floor, ceiling] seconds."""
+
+    def __init__(
+        self,
+        floor: float,
+        ceiling: float,
+        fraction: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 0 < floor <= ceiling:
+            raise ValueError(f"need 0 < floor <= ceiling, got floor={floor}, ceiling={ceiling}")
+        self.floor, self.ceiling, self.fraction = floor, ceiling, fraction
+        self._clock, self._sleep = clock, sleep
+        self._last_activity = clock()
+
+    def reset(self) -> None:
+        """Something happened: the next waits are short again."""
+        self._last_activity = self._clock()
+
+    def interval(self) -> float:
+        idle = self._clock() - self._last_activity
+        return min(self.ceiling, max(self.floor, idle * self.fraction))
+
+    def wait(self) -> None:
+        self._sleep(self.interval())
+
+
+class SleepProxy:
+    """Stands in for the `time` module inside one Flower module: `sleep(x)` for a hooked literal
+    interval `x` waits its Backoff instead; everything else is the real `time`."""
+
+    def __init__(self, backoffs: dict[float, Backoff]) -> None:
+        self.backoffs = backoffs
+
+    def sleep(self, seconds: float) -> None:
+        backoff = self.backoffs.get(seconds)
+        if backoff is None:
+            time.sleep(seconds)
+        else:
+            backoff.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _hooked_module(name: str, functions: tuple[str, ...]) -> Any:
+    """The Flower module `name`, checked to still have `time` and the `functions` the hooks wrap."""
+    module = importlib.import_module(name)
+    missing = [function for function in ("time", *functions) if not hasattr(module, function)]
+    if missing:
+        raise RuntimeError(
+            f"Flower {flwr.__version__}: {name} has no {', '.join(missing)}; the adaptive polling "
+            f"hooks of flops.flower_polling were written for Flower {FLOWER_VERSION}: update them"
+        )
+    return module
+
+
+def _mark_activity(function: Callable[..., Any], *backoffs: Backoff, when: Callable[[Any], bool]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        if when(result):
+            for backoff in backoffs:
+                backoff.reset()
+        return result
+
+    return wrapper
+
+
+def _mark_activity_before(function: Callable[..., Any], backoff: Backoff) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        backoff.reset()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
+def hook_supernode() -> SleepProxy:
+    """The SuperNode's pull loop (3 s when idle) and its wait for the ClientApp's reply (0.5 s)."""
+    module = _hooked_module(SUPERNODE_MODULE, ("_pull_and_store_message", "_push_messages"))
+    pull = Backoff(floor=0.02, ceiling=3.0)  # towards the SuperLink: its load matters
+    reply = Backoff(floor=0.005, ceiling=0.5)  # the node's own in-memory state
+    module._pull_and_store_message = _mark_activity(
+        module._pull_and_store_message, pull, reply, when=lambda run_id: run_id is not None
+    )
+    module._push_messages = _mark_activity(module._push_messages, pull, when=_always)
+    proxy = SleepProxy({3: pull, 0.5: reply})
+    module.time = proxy
+    return proxy
+
+
+def hook_superexec() -> SleepProxy:
+    """The SuperExec's task loop (1 s by default, FLWR_SUPEREXEC_TASK_POLL_INTERVAL)."""
+    module = _hooked_module(SUPEREXEC_MODULE, ("_handle_launch_result", "_get_task_poll_interval"))
+    interval = module._get_task_poll_interval()
+    tasks = Backoff(floor=min(0.01, interval), ceiling=interval)
+    module._handle_launch_result = _mark_activity(module._handle_launch_result, tasks, when=_always)
+    proxy = SleepProxy({interval: tasks})
+    module.time = proxy
+    return proxy
+
+
+def hook_grid() -> SleepProxy:
+    """The ServerApp grid's wait for replies (3 s between pulls)."""
+    module = _hooked_module(GRID_MODULE, ("HttpGrid",))
+    replies = Backoff(floor=0.01, ceiling=3.0)
+    grid_class = module.HttpGrid
+    if not hasattr(grid_class, "send_and_receive"):
+        raise RuntimeError(f"Flower {flwr.__version__}: HttpGrid has no send_and_receive: update flops.flower_polling")
+    grid_class.send_and_receive = _mark_activity_before(grid_class.send_and_receive, replies)
+    proxy = SleepProxy({3: replies})
+    module.time = proxy
+    return proxy
+
+
+HOOKED_MODULES = {"flower-supernode": SUPERNODE_MODULE, "flower-superexec": SUPEREXEC_MODULE, "grid": GRID_MODULE}
+HOOKS: dict[str, Callable[[], SleepProxy]] = {
+    "flower-supernode": hook_supernode,
+    "flower-superexec": hook_superexec,
+    "grid": hook_grid,
+}
+
+
+def install(component: str) -> bool:
+    """Hook `component` (a key of HOOKS) in this process; False (Flower's polling) on another
+    Flower version than the pinned one."""
+    if flwr.__version__ != FLOWER_VERSION:
+        log.warning("Flower %s is not %s: %s keeps Flower's fixed polling", flwr.__version__, FLOWER_VERSION, component)
+        return False
+    module = importlib.import_module(HOOKED_MODULES[component])
+    if not isinstance(getattr(module, "time", None), SleepProxy):  # once per process
+        HOOKS[component]()
+    return True
+
+
+def _entry_point(command: str) -> Callable[[], None]:
+    if command == "flower-supernode":
+        from flwr.supernode.cli import flower_supernode
+
+        return flower_supernode
+    from flwr.supercore.cli import flower_superexec
+
+    return flower_superexec
+
+
+def main(argv: list[str]) -> None:
+    """Run Flower's console script argv[0] (flower-supernode or flower-superexec) with the hook."""
+    if not argv or argv[0] not in ("flower-supernode", "flower-superexec"):
+        raise SystemExit("usage: python -m flops.flower_polling {flower-supernode|flower-superexec} ARGS...")
+    install(argv[0])
+    sys.argv = argv
+    _entry_point(argv[0])()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,129 @@
+"""Adaptive polling hooks on Flower's loops: the back-off, the version guard, and the hooks in place."""
+
+import importlib
+import inspect
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import flwr
+import pytest
+
+from flops import flower_polling
+from flops.flower_polling import FLOWER_VERSION, Backoff, SleepProxy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_waits_short_after_activity_and_back_off_to_the_ceiling_when_idle() -> None:
+    clock = FakeClock()
+    backoff = Backoff(floor=0.02, ceiling=3.0, fraction=0.2, clock=clock, sleep=clock.sleep)
+    for _ in range(40):
+        backoff.wait()
+    assert clock.slept[0] == pytest.approx(0.02)
+    assert clock.slept == sorted(clock.slept), "an idle loop never waits less than before"
+    assert clock.slept[-1] == pytest.approx(3.0), "idle long enough, it polls at Flower's interval"
+    idle = clock.now - 100.0
+    assert len(clock.slept) > 20 and idle < 60, "40 polls: a fixed 3 s would take 120 s"
+    backoff.reset()
+    backoff.wait()
+    assert clock.slept[-1] == pytest.approx(0.02), "activity makes the next wait short again"
+    backoff.reset()
+    clock.now += 5.0
+    assert backoff.interval() == pytest.approx(1.0), "a wait is a fifth of the time since the activity"
+
+
+def test_a_floor_above_the_ceiling_is_refused() -> None:
+    with pytest.raises(ValueError, match="floor"):
+        Backoff(floor=2.0, ceiling=1.0)
+
+
+def test_the_proxy_replaces_only_the_hooked_intervals() -> None:
+    clock = FakeClock()
+    proxy = SleepProxy({3: Backoff(0.01, 3.0, clock=clock, sleep=clock.sleep)})
+    proxy.sleep(3)
+    proxy.sleep(0.001)  # not hooked: the real time.sleep
+    assert clock.slept == [pytest.approx(0.01)]
+    assert proxy.monotonic is __import__("time").monotonic
+
+
+def test_flower_is_the_version_the_hooks_were_written_for() -> None:
+    """Fails on a Flower upgrade: check the hooked loops below against the new version, then bump."""
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"flwr=={FLOWER_VERSION}" in [pin.replace(" ", "") for pin in pins]
+    assert flwr.__version__ == FLOWER_VERSION
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "literal"),
+    [
+        (flower_polling.SUPERNODE_MODULE, "start_client_internal", "time.sleep(3)"),
+        (flower_polling.SUPERNODE_MODULE, "_push_messages", "time.sleep(0.5)"),
+        (flower_polling.SUPEREXEC_MODULE, "run_superexec", "time.sleep(task_poll_interval)"),
+        (flower_polling.GRID_MODULE, "HttpGrid.send_and_receive", "time.sleep(3)"),
+    ],
+)
+def test_the_hooked_loops_still_sleep_as_the_hooks_expect(module: str, function: str, literal: str) -> None:
+    """A loop whose interval changed would silently keep Flower's polling: fail loudly instead."""
+    target: object = importlib.import_module(module)
+    for part in function.split("."):
+        target = getattr(target, part)
+    assert literal in inspect.getsource(target), f"{module}.{function} no longer calls {literal}"
+
+
+def test_a_missing_hooked_function_fails_loudly() -> None:
+    with pytest.raises(RuntimeError, match="update them"):
+        flower_polling._hooked_module(flower_polling.GRID_MODULE, ("no_such_function",))
+
+
+def test_another_flower_version_keeps_flowers_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flwr, "__version__", "9.9.9")
+    assert flower_polling.install("flower-supernode") is False
+    assert not isinstance(importlib.import_module(flower_polling.SUPERNODE_MODULE).time, SleepProxy)
+
+
+HOOKED_PROCESS = """
+import importlib, time
+from flops import flower_polling
+supernode = importlib.import_module(flower_polling.SUPERNODE_MODULE)
+supernode._pull_and_store_message = lambda **_: 7  # a pulled message of run 7, without a SuperLink
+for component in ("flower-supernode", "flower-superexec", "grid"):
+    assert flower_polling.install(component)
+    assert flower_polling.install(component)  # once per process
+pull = supernode.time.backoffs[3]
+time.sleep(0.5)
+idle = pull.interval()
+assert supernode._pull_and_store_message() == 7
+after_message = pull.interval()
+started = time.monotonic()
+supernode.time.sleep(3)
+waited = time.monotonic() - started
+grid = importlib.import_module(flower_polling.GRID_MODULE)
+assert grid.HttpGrid.send_and_receive.__wrapped__
+superexec = importlib.import_module(flower_polling.SUPEREXEC_MODULE)
+assert 1.0 in superexec.time.backoffs
+print(idle, after_message, waited)
+"""
+
+
+def test_the_hooks_install_in_a_process_and_a_pulled_message_shortens_the_wait() -> None:
+    done = subprocess.run([sys.executable, "-c", HOOKED_PROCESS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    idle, after_message, waited = (float(value) for value in done.stdout.split())
+    assert idle >= 0.1, "idle for 0.5 s, the pull loop waits longer than its floor"
+    assert after_message == pytest.approx(0.02, abs=0.01)
+    assert waited < 0.5, "Flower's literal 3 s became a short wait"
