@@ -89,10 +89,19 @@ class SleepProxy:
         return getattr(time, name)
 
 
-def _hooked_module(name: str, functions: tuple[str, ...]) -> Any:
-    """The Flower module `name`, checked to still have `time` and the `functions` the hooks wrap."""
+def _hooked_module(name: str, attributes: tuple[str, ...]) -> Any:
+    """The Flower module `name`, checked to still have `time` and the (dotted) `attributes` the hooks wrap."""
     module = importlib.import_module(name)
-    missing = [function for function in ("time", *functions) if not hasattr(module, function)]
+
+    def present(dotted: str) -> bool:
+        target: object = module
+        for part in dotted.split("."):
+            if not hasattr(target, part):
+                return False
+            target = getattr(target, part)
+        return True
+
+    missing = [attribute for attribute in ("time", *attributes) if not present(attribute)]
     if missing:
         raise RuntimeError(
             f"Flower {flwr.__version__}: {name} has no {', '.join(missing)}; the adaptive polling "
@@ -101,11 +110,15 @@ def _hooked_module(name: str, functions: tuple[str, ...]) -> Any:
     return module
 
 
-def _mark_activity(function: Callable[..., Any], *backoffs: Backoff, when: Callable[[Any], bool]) -> Callable[..., Any]:
+def _mark_activity(
+    function: Callable[..., Any], *backoffs: Backoff, when: Callable[[Any], bool] | None = None
+) -> Callable[..., Any]:
+    """`function`, resetting `backoffs` after each call (whose result passes `when`, if given)."""
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = function(*args, **kwargs)
-        if when(result):
+        if when is None or when(result):
             for backoff in backoffs:
                 backoff.reset()
         return result
@@ -114,16 +127,14 @@ def _mark_activity(function: Callable[..., Any], *backoffs: Backoff, when: Calla
 
 
 def _mark_activity_before(function: Callable[..., Any], backoff: Backoff) -> Callable[..., Any]:
+    """`function`, resetting `backoff` as each call starts (its waits are inside the call)."""
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         backoff.reset()
         return function(*args, **kwargs)
 
     return wrapper
-
-
-def _always(_: Any) -> bool:
-    return True
 
 
 def hook_supernode() -> SleepProxy:
@@ -134,7 +145,7 @@ def hook_supernode() -> SleepProxy:
     module._pull_and_store_message = _mark_activity(
         module._pull_and_store_message, pull, reply, when=lambda run_id: run_id is not None
     )
-    module._push_messages = _mark_activity(module._push_messages, pull, when=_always)
+    module._push_messages = _mark_activity(module._push_messages, pull)
     proxy = SleepProxy({3: pull, 0.5: reply})
     module.time = proxy
     return proxy
@@ -145,7 +156,7 @@ def hook_superexec() -> SleepProxy:
     module = _hooked_module(SUPEREXEC_MODULE, ("_handle_launch_result", "_get_task_poll_interval"))
     interval = module._get_task_poll_interval()
     tasks = Backoff(floor=min(0.01, interval), ceiling=interval)
-    module._handle_launch_result = _mark_activity(module._handle_launch_result, tasks, when=_always)
+    module._handle_launch_result = _mark_activity(module._handle_launch_result, tasks)
     proxy = SleepProxy({interval: tasks})
     module.time = proxy
     return proxy
@@ -153,54 +164,47 @@ def hook_superexec() -> SleepProxy:
 
 def hook_grid() -> SleepProxy:
     """The ServerApp grid's wait for replies (3 s between pulls)."""
-    module = _hooked_module(GRID_MODULE, ("HttpGrid",))
+    module = _hooked_module(GRID_MODULE, ("HttpGrid.send_and_receive",))
     replies = Backoff(floor=0.01, ceiling=3.0)
-    grid_class = module.HttpGrid
-    if not hasattr(grid_class, "send_and_receive"):
-        raise RuntimeError(f"Flower {flwr.__version__}: HttpGrid has no send_and_receive: update flops.flower_polling")
-    grid_class.send_and_receive = _mark_activity_before(grid_class.send_and_receive, replies)
+    module.HttpGrid.send_and_receive = _mark_activity_before(module.HttpGrid.send_and_receive, replies)
     proxy = SleepProxy({3: replies})
     module.time = proxy
     return proxy
 
 
-HOOKED_MODULES = {"flower-supernode": SUPERNODE_MODULE, "flower-superexec": SUPEREXEC_MODULE, "grid": GRID_MODULE}
 HOOKS: dict[str, Callable[[], SleepProxy]] = {
     "flower-supernode": hook_supernode,
     "flower-superexec": hook_superexec,
     "grid": hook_grid,
 }
+# Flower's console scripts this module runs with their hook: (module, function).
+ENTRY_POINTS = {
+    "flower-supernode": ("flwr.supernode.cli", "flower_supernode"),
+    "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),
+}
+_installed: set[str] = set()
 
 
 def install(component: str) -> bool:
-    """Hook `component` (a key of HOOKS) in this process; False (Flower's polling) on another
+    """Hook `component` (a key of HOOKS) in this process, once; False (Flower's polling) on another
     Flower version than the pinned one."""
     if flwr.__version__ != FLOWER_VERSION:
         log.warning("Flower %s is not %s: %s keeps Flower's fixed polling", flwr.__version__, FLOWER_VERSION, component)
         return False
-    module = importlib.import_module(HOOKED_MODULES[component])
-    if not isinstance(getattr(module, "time", None), SleepProxy):  # once per process
+    if component not in _installed:
         HOOKS[component]()
+        _installed.add(component)
     return True
 
 
-def _entry_point(command: str) -> Callable[[], None]:
-    if command == "flower-supernode":
-        from flwr.supernode.cli import flower_supernode
-
-        return flower_supernode
-    from flwr.supercore.cli import flower_superexec
-
-    return flower_superexec
-
-
 def main(argv: list[str]) -> None:
-    """Run Flower's console script argv[0] (flower-supernode or flower-superexec) with the hook."""
-    if not argv or argv[0] not in ("flower-supernode", "flower-superexec"):
-        raise SystemExit("usage: python -m flops.flower_polling {flower-supernode|flower-superexec} ARGS...")
+    """Run Flower's console script argv[0] (a key of ENTRY_POINTS) with its hook."""
+    if not argv or argv[0] not in ENTRY_POINTS:
+        raise SystemExit(f"usage: python -m flops.flower_polling {{{'|'.join(ENTRY_POINTS)}}} ARGS...")
     install(argv[0])
+    module, function = ENTRY_POINTS[argv[0]]
     sys.argv = argv
-    _entry_point(argv[0])()
+    getattr(importlib.import_module(module), function)()
 
 
 if __name__ == "__main__":
