@@ -34,7 +34,16 @@ from flops.ml_repo.inert_mlflow import inert_mlflow
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
-from flops.training import SPEC_RUN_CONFIG_KEY, RoundReport, TrainingSpec, TrainingSummary
+from flops.training import (
+    EVALUATE_RECEIVED_KEY,
+    GLOBAL_ACCURACY_KEY,
+    GLOBAL_EXAMPLES_KEY,
+    GLOBAL_LOSS_KEY,
+    SPEC_RUN_CONFIG_KEY,
+    RoundReport,
+    TrainingSpec,
+    TrainingSummary,
+)
 
 KEPT_CHECKPOINTS = 2
 _FLOWER_REASON = re.compile(r"^<class '[^']*'>:<'(?P<message>.*)'>$", re.DOTALL)
@@ -96,6 +105,8 @@ class TrainingSession:
         self.reports: dict[int, RoundReport] = {}
         self.round_started_at: dict[int, float] = {}
         self.best: tuple[RoundReport, list[np.ndarray]] | None = None
+        self.one_message_rounds = False  # set by `run_training` from the strategy
+        self.unpublished: dict[int, list[np.ndarray]] = {}  # aggregated, global model not evaluated yet
         # MLflow is imported and the runs opened in the background: the first round does not
         # need them until it ends, and they cost seconds at start-up.
         self.tracking_uri = tracking_uri
@@ -141,15 +152,49 @@ class TrainingSession:
         return ok
 
     def round_finished(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Round `server_round` aggregated: checkpoint it, and publish it once its global model is evaluated.
+
+        With one message per round the global model of round r is evaluated by the train replies
+        of round r+1 (`received_evaluation`), so a round before the last is published then.
+        """
         report = self.report(server_round)
         report.duration_s = time.time() - self.round_started_at.get(server_round, time.time())
         parameters = arrays.to_numpy_ndarrays()
         self._checkpoint(server_round, parameters)
+        self.unpublished[server_round] = parameters
+        if not self.evaluated_later(server_round):
+            self.publish(server_round)
+
+    def evaluated_later(self, server_round: int) -> bool:
+        """Whether the global model of `server_round` is evaluated by the next round's train replies."""
+        return self.one_message_rounds and server_round < self.spec.rounds
+
+    def received_evaluation(self, server_round: int, replies: list[Message]) -> None:
+        """The global model of `server_round` as the next round's learners evaluated it; publishes the round."""
+        report = self.report(server_round)
+        report.eval_examples = _examples(replies, GLOBAL_EXAMPLES_KEY)
+        report.loss = _weighted_mean(replies, GLOBAL_LOSS_KEY, GLOBAL_EXAMPLES_KEY)
+        report.accuracy = _weighted_mean(replies, GLOBAL_ACCURACY_KEY, GLOBAL_EXAMPLES_KEY)
+        self.publish(server_round)
+
+    def publish(self, server_round: int) -> None:
+        """Track and announce a round, and keep its model when it is the best so far."""
+        parameters = self.unpublished.pop(server_round, None)
+        if parameters is None:
+            return
+        report = self.report(server_round)
         if self.tracker is not None:
             self.tracker.log_round(report)  # sets report.run_id; later while MLflow is away (buffered)
         if self.best is None or self._better(report, self.best[0]):
             self.best = (report, [p.copy() for p in parameters])
         self.progress.emit(ProgressEvent(kind="round", round=report))
+
+    def publish_unevaluated(self) -> None:
+        """A training that stops: the rounds whose global model no next round evaluated, as they are."""
+        if self._tracker is not None and self.tracker_if_open() is None:
+            self.unpublished.clear()  # tracking is what failed: report the rounds in the summary only
+        for server_round in sorted(self.unpublished):
+            self.publish(server_round)
 
     def _better(self, candidate: RoundReport, incumbent: RoundReport) -> bool:
         def key(report: RoundReport) -> tuple[float, float]:
@@ -169,7 +214,12 @@ class TrainingSession:
 
 
 class RoundHooks:
-    """Mixed in before a Flower strategy: sees every round's replies and results."""
+    """Mixed in before a Flower strategy: sees every round's replies and results.
+
+    With `session.one_message_rounds` a round is one message per learner: the train message of
+    round r+1 asks for the global model of round r to be evaluated first, and only the last
+    round has an evaluate phase of its own.
+    """
 
     session: TrainingSession
     min_train_nodes: int
@@ -179,12 +229,16 @@ class RoundHooks:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.session.round_started_at[server_round] = time.time()
+        evaluate_received = self.session.evaluated_later(server_round - 1) if server_round > 1 else False
+        config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: evaluate_received})
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ok = self.session.accept_replies(server_round, list(replies), self.min_train_nodes, "training")
+        if server_round > 1 and self.session.evaluated_later(server_round - 1):
+            self.session.received_evaluation(server_round - 1, ok)
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
         report.learners = len(ok)
@@ -194,7 +248,16 @@ class RoundHooks:
             report.local_accuracy = _metric(metrics, "local-accuracy")
         return arrays, metrics
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.session.evaluated_later(server_round):
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.session.evaluated_later(server_round):
+            return None
         ok = self.session.accept_replies(server_round, list(replies), self.min_evaluate_nodes, "evaluation")
         metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
@@ -203,6 +266,21 @@ class RoundHooks:
             report.loss = _metric(metrics, "loss")
             report.accuracy = _metric(metrics, "accuracy")
         return metrics
+
+
+def one_message_rounds(strategy: Any) -> bool:
+    """Whether the learners that train a round may also evaluate the global model before it.
+
+    Only when the strategy samples training and evaluation alike (same fraction, same minimum):
+    otherwise evaluation keeps its own phase each round, on the learners the strategy picks for it.
+    """
+    fraction_train = getattr(strategy, "fraction_train", None)
+    fraction_evaluate = getattr(strategy, "fraction_evaluate", None)
+    return (
+        fraction_train is not None
+        and fraction_train == fraction_evaluate
+        and getattr(strategy, "min_train_nodes", None) == getattr(strategy, "min_evaluate_nodes", None)
+    )
 
 
 def user_code_paths(manager_class: type) -> list[str]:
@@ -216,9 +294,21 @@ def user_code_paths(manager_class: type) -> list[str]:
     return sorted(str(p) for p in paths)
 
 
-def _examples(replies: list[Message]) -> int:
-    counts = [reply.content.metric_records["metrics"].get("num-examples", 0) for reply in replies]
+def _examples(replies: list[Message], key: str = "num-examples") -> int:
+    counts = [reply.content.metric_records["metrics"].get(key, 0) for reply in replies]
     return int(sum(c for c in counts if isinstance(c, int | float)))
+
+
+def _weighted_mean(replies: list[Message], key: str, weight_key: str) -> float | None:
+    """The mean of metric `key` over `replies`, weighted by `weight_key` (as Flower weights evaluations)."""
+    pairs = []
+    for reply in replies:
+        metrics = reply.content.metric_records["metrics"]
+        value, weight = metrics.get(key), metrics.get(weight_key)
+        if isinstance(value, int | float) and isinstance(weight, int | float) and weight > 0:
+            pairs.append((float(value), float(weight)))
+    total = sum(weight for _, weight in pairs)
+    return sum(value * weight for value, weight in pairs) / total if total else None
 
 
 def _metric(metrics: MetricRecord, key: str) -> float | None:
@@ -274,6 +364,7 @@ def run_training(
             initial = [np.asarray(p) for p in manager_class().get_model_parameters()]
         strategy = build_strategy(spec, base=RoundHooks)
         strategy.session = session  # type: ignore[attr-defined]
+        session.one_message_rounds = one_message_rounds(strategy)
         joined = wait_for_learners(grid, spec, progress)
         progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
         session.open_tracker()
@@ -347,6 +438,7 @@ def _failed_summary(
 ) -> TrainingSummary:
     summary = TrainingSummary(status="failed", project_id=spec.project_id, error=error, tracking_uri=tracking_uri)
     if session is not None:
+        session.publish_unevaluated()
         summary.rounds = [session.reports[r] for r in sorted(session.reports) if r in session.reports]
         _fill_tracking(summary, session)
     summary.duration_s = time.time() - started

@@ -82,21 +82,31 @@ def offline_env() -> None:
 
 @contextlib.contextmanager
 def observatory(work: Path) -> Iterator[str]:
-    """A real MLflow tracking server (flops-observatory) under `work`; its URI while the block runs."""
+    """A real MLflow tracking server (flops-observatory) under `work`; its URI while the block runs.
+
+    It requires credentials: this process, and what it starts, act as its admin (MLflow's
+    variables and the credentials file, as the test suite's server fixture does).
+    """
+    from flops.actors import observatory_command
     from flops.net import free_port, http_ok, wait_until
     from flops.processes import ManagedProcess
+    from flops.tracking_auth import CREDENTIALS_FILE_ENV, read_credentials
+    from flops.tracking_server import admin_credentials_file
 
     port = free_port()
-    process = ManagedProcess(
-        "observatory", [str(BIN / "flops-observatory"), "--port", str(port), "--home", str(work / "obs")],
-        work / "observatory.log",
-    )  # fmt: skip
+    home = work / "obs"
+    process = ManagedProcess("observatory", observatory_command("127.0.0.1", port, home), work / "observatory.log")
     tracking = f"http://127.0.0.1:{port}"
+    saved = dict(os.environ)
     try:
         if not wait_until(lambda: http_ok(tracking + "/health"), 120, 0.5):
             raise RuntimeError(f"the observatory did not start:\n{process.log_tail()}")
+        admin_file = admin_credentials_file(home)
+        os.environ.update({**read_credentials(admin_file).env(), CREDENTIALS_FILE_ENV: str(admin_file)})
         yield tracking
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         process.stop()
 
 

@@ -12,6 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SPEC_RUN_CONFIG_KEY = "flops-spec"
 
+# One message per round: a train message whose config holds EVALUATE_RECEIVED_KEY = True asks the
+# learner to evaluate the model it received (the global model of the round before) ahead of training;
+# its reply then carries that evaluation under the GLOBAL_* metric keys beside the local ones.
+EVALUATE_RECEIVED_KEY = "flops-evaluate-received"
+GLOBAL_LOSS_KEY = "global-loss"
+GLOBAL_ACCURACY_KEY = "global-accuracy"
+GLOBAL_EXAMPLES_KEY = "global-examples"
+# Config keys with this prefix are the platform's, not hyperparameters: user code never sees them.
+PLATFORM_CONFIG_PREFIX = "flops-"
+
 
 class StrategyName(StrEnum):
     FEDAVG = "FedAvg"

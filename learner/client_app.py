@@ -1,7 +1,16 @@
 """The ClientApp every learner runs: Flower messages in, the user's ModelManager at work.
 
-Flower starts a fresh process per message, so the user's module is imported and the node's
-data loaded for each one; nothing is cached between rounds on purpose (no state to leak).
+One message per round: a train message asks (EVALUATE_RECEIVED_KEY in its config) for the
+model it carries, the global model of the round before, to be evaluated on the local data
+before training; the reply then holds the trained parameters, the training's example count,
+the local validation of the trained model and the evaluation of the received one
+(`flops.training`'s GLOBAL_* keys). Evaluate messages remain for the last round and for
+strategies that evaluate on other learners than they train on.
+
+The user's module, its ModelManager and the node's data stay loaded between the messages of
+one run when the process lives on (`learner.warm_clientapp`: one process per run, never
+shared between runs, so nothing of one project's run is visible to another); in a process per
+message (Flower's own `flwr-clientapp`) they are loaded for each message.
 User code gets the inert MLflow (`learner.user_code.inert_tracking`) before it is imported.
 """
 
@@ -12,7 +21,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flops.ml_repo.loader import load_model_manager_class, user_code
-from flops.training import SPEC_RUN_CONFIG_KEY, TrainingSpec
+from flops.training import (
+    EVALUATE_RECEIVED_KEY,
+    GLOBAL_ACCURACY_KEY,
+    GLOBAL_EXAMPLES_KEY,
+    GLOBAL_LOSS_KEY,
+    PLATFORM_CONFIG_PREFIX,
+    SPEC_RUN_CONFIG_KEY,
+    TrainingSpec,
+)
 from learner.user_code import ModelRunner, NodeContext, inert_tracking
 
 # Keys of the node config that `flops-learner` sets on its SuperNode.
@@ -21,6 +38,9 @@ DATA_DIR_KEY = "data-dir"
 DATA_TAGS_KEY = "data-tags"
 
 app = ClientApp()
+
+# The runner of the run this process serves: (run id, spec, node config) -> runner. One entry.
+_loaded: dict[tuple[int, str, str], tuple[ModelRunner, TrainingSpec]] = {}
 
 
 def node_context(context: Context, spec: TrainingSpec) -> NodeContext:
@@ -34,20 +54,30 @@ def node_context(context: Context, spec: TrainingSpec) -> NodeContext:
 
 
 def user_config(spec: TrainingSpec, config: ConfigRecord | None) -> dict[str, Any]:
-    """Hyperparameters plus round information, with Flower's dashed keys as identifiers."""
+    """Hyperparameters plus round information, with Flower's dashed keys as identifiers.
+
+    The platform's own keys (PLATFORM_CONFIG_PREFIX) are left out: they are not the user's.
+    """
     merged: dict[str, Any] = dict(spec.hyperparameters)
     for key, value in (config or {}).items():
-        merged[key.replace("-", "_")] = value
+        if not key.startswith(PLATFORM_CONFIG_PREFIX):
+            merged[key.replace("-", "_")] = value
     return merged
 
 
 def _runner(context: Context) -> tuple[ModelRunner, TrainingSpec]:
-    spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
-    node = node_context(context, spec)
-    inert_tracking()
-    with user_code(node.node_name):
-        manager_class = load_model_manager_class()
-    return ModelRunner(node, manager_class), spec
+    """This run's runner: made (user code imported, data loaded on first use) once per run."""
+    raw_spec = str(context.run_config[SPEC_RUN_CONFIG_KEY])
+    key = (context.run_id, raw_spec, repr(sorted(context.node_config.items())))
+    if key not in _loaded:
+        spec = TrainingSpec.model_validate_json(raw_spec)
+        node = node_context(context, spec)
+        inert_tracking()
+        with user_code(node.node_name):
+            manager_class = load_model_manager_class()
+        _loaded.clear()
+        _loaded[key] = (ModelRunner(node, manager_class), spec)
+    return _loaded[key]
 
 
 @app.train()
@@ -55,14 +85,20 @@ def train(msg: Message, context: Context) -> Message:
     runner, spec = _runner(context)
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
     config = msg.content.config_records.get("config")
-    outcome = runner.train(arrays, user_config(spec, config))
-    metrics = MetricRecord(
-        {
-            "num-examples": outcome.num_examples,
-            "local-loss": outcome.local_loss,
-            "local-accuracy": outcome.local_accuracy,
+    evaluate_received = bool(config.get(EVALUATE_RECEIVED_KEY, False)) if config else False
+    outcome = runner.train(arrays, user_config(spec, config), evaluate_received=evaluate_received)
+    values: dict[str, int | float] = {
+        "num-examples": outcome.num_examples,
+        "local-loss": outcome.local_loss,
+        "local-accuracy": outcome.local_accuracy,
+    }
+    if outcome.received is not None:
+        values |= {
+            GLOBAL_LOSS_KEY: outcome.received.loss,
+            GLOBAL_ACCURACY_KEY: outcome.received.accuracy,
+            GLOBAL_EXAMPLES_KEY: outcome.received.num_examples,
         }
-    )
+    metrics = MetricRecord(values)  # type: ignore[arg-type]
     content = RecordDict({"arrays": ArrayRecord(outcome.parameters), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 

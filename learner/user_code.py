@@ -1,4 +1,9 @@
-"""Runs the user's ModelManager for one Flower message: train or evaluate.
+"""Runs the user's ModelManager for Flower's messages: train (with or without first evaluating
+the model received) and evaluate.
+
+One `ModelRunner` keeps one ModelManager: it is made, and its data loaded (`set_model_data`),
+for the first message and reused for every later one of the same run, the way FLOps's own
+learners kept theirs for a whole training (see `learner.client_app` for what a run may reuse).
 
 Kept free of Flower types so it can be tested directly. Every failure inside user code
 becomes a `UserCodeError` that names the node, the place in the user's file and the
@@ -33,19 +38,20 @@ class NodeContext:
 
 
 @dataclass
+class EvaluateOutcome:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@dataclass
 class TrainOutcome:
     parameters: Arrays
     num_examples: int
     local_loss: float
     local_accuracy: float
     local_eval_examples: int
-
-
-@dataclass
-class EvaluateOutcome:
-    loss: float
-    accuracy: float
-    num_examples: int
+    received: EvaluateOutcome | None = None  # the model received, evaluated before training
 
 
 def inert_tracking() -> None:
@@ -86,6 +92,12 @@ class ModelRunner:
     def __init__(self, node: NodeContext, manager_class: type) -> None:
         self.node = node
         self.manager_class = manager_class
+        self._manager: Any = None
+
+    def _loaded_manager(self) -> Any:
+        if self._manager is None:
+            self._manager = self._new_manager()
+        return self._manager
 
     def _new_manager(self) -> Any:
         absent = missing_tags(self.node.data_dir, self.node.data_tags)
@@ -100,10 +112,15 @@ class ModelRunner:
             manager.set_model_data()
         return manager
 
-    def train(self, parameters: Arrays, config: Mapping[str, Any]) -> TrainOutcome:
-        manager = self._new_manager()
+    def train(self, parameters: Arrays, config: Mapping[str, Any], evaluate_received: bool = False) -> TrainOutcome:
+        """Train from `parameters`; with `evaluate_received`, evaluate them on the local data first."""
+        manager = self._loaded_manager()
+        received = None
         with user_code(self.node.node_name):
             manager.set_model_parameters(parameters)
+            if evaluate_received:
+                loss, accuracy, examples = manager.evaluate_model()
+                received = EvaluateOutcome(float(loss), float(accuracy), int(examples))
             if _accepts_config(manager.fit_model):
                 num_examples = int(manager.fit_model(dict(config)))
             else:
@@ -114,10 +131,10 @@ class ModelRunner:
                 trained = proximal_step(trained, parameters, mu)
                 manager.set_model_parameters(trained)
             loss, accuracy, eval_examples = manager.evaluate_model()
-        return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples))
+        return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples), received)
 
     def evaluate(self, parameters: Arrays) -> EvaluateOutcome:
-        manager = self._new_manager()
+        manager = self._loaded_manager()
         with user_code(self.node.node_name):
             manager.set_model_parameters(parameters)
             loss, accuracy, num_examples = manager.evaluate_model()

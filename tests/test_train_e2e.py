@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 
 from flops.data.partition import partition
+from flops.ml_repo.loader import load_model_manager_class
+from learner.user_code import ModelRunner, NodeContext
 from tests.conftest import BIN, EXAMPLES, run_flops
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
@@ -63,6 +65,30 @@ TRACKING_INIT = """        with mlflow.start_run(run_name="stray"):  # the aggre
 """
 
 
+def evaluate_on_nodes(repo: Path, nodes: list[Path], parameters: list[np.ndarray]) -> tuple[float, float]:
+    """Loss and accuracy of `parameters` evaluated by `repo`'s ModelManager on each node, weighted by examples."""
+    saved_env, saved_path = dict(os.environ), list(sys.path)
+    sys.path.insert(0, str(repo))
+    for module in ("model_manager", "data_manager"):
+        sys.modules.pop(module, None)
+    try:
+        manager_class = load_model_manager_class()
+        outcomes = [
+            ModelRunner(NodeContext(node.name, node, ["digits"]), manager_class).evaluate(parameters) for node in nodes
+        ]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        for module in ("model_manager", "data_manager"):
+            sys.modules.pop(module, None)
+    examples = sum(o.num_examples for o in outcomes)
+    return (
+        sum(o.loss * o.num_examples for o in outcomes) / examples,
+        sum(o.accuracy * o.num_examples for o in outcomes) / examples,
+    )
+
+
 def test_digits_sklearn_two_learners_three_rounds(mlflow_server: str, digits_nodes: Path, flops_home: Path) -> None:
     result = run_flops(
         "train", str(EXAMPLES / "digits-sklearn"), "--data-dir", str(digits_nodes),
@@ -75,6 +101,16 @@ def test_digits_sklearn_two_learners_three_rounds(mlflow_server: str, digits_nod
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     assert summary["rounds"][2]["accuracy"] > 0.85
     assert "round 3/3" in result.stderr
+    # One message per round: round 2's global loss and accuracy came with round 3's train replies,
+    # and are what evaluating round 2's aggregated parameters on the nodes' data gives.
+    checkpoint = np.load(flops_home / "runs" / "digits-e2e" / "checkpoints" / "round-2.npz")
+    parameters = [checkpoint[f"arr_{i}"] for i in range(len(checkpoint.files))]
+    loss, accuracy = evaluate_on_nodes(
+        EXAMPLES / "digits-sklearn", [d for d in sorted(digits_nodes.iterdir()) if d.is_dir()], parameters
+    )
+    assert summary["rounds"][1]["loss"] == pytest.approx(loss, rel=1e-9)
+    assert summary["rounds"][1]["accuracy"] == pytest.approx(accuracy, rel=1e-9)
+    assert summary["rounds"][1]["local_loss"] != pytest.approx(loss, rel=1e-6)  # local: the trained models
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("digits-e2e")
