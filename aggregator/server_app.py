@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from aggregator.environment import ServerAppSettings
+from aggregator.grace_grid import GraceGrid
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
@@ -96,8 +97,9 @@ def event_forwarder(project_id: str, mqtt: MqttSettings | None) -> Callable[[Pro
 class TrainingSession:
     """Everything one training keeps between rounds: reports, best model, tracking."""
 
-    def __init__(self, spec: TrainingSpec, progress: ProgressLog, tracking_uri: str | None) -> None:
+    def __init__(self, spec: TrainingSpec, progress: ProgressLog, tracking_uri: str | None, grid: GraceGrid) -> None:
         self.spec = spec
+        self.grid = grid
         self.state_dir = progress.state_dir
         self.progress = progress
         self.checkpoints = self.state_dir / "checkpoints"
@@ -140,10 +142,15 @@ class TrainingSession:
         return self.reports.setdefault(server_round, RoundReport(round=server_round))
 
     def accept_replies(self, server_round: int, replies: list[Message], minimum: int, phase: str) -> list[Message]:
-        """The successful replies; stop the training when fewer than `minimum` succeeded."""
+        """The successful replies; stop the training when fewer than `minimum` succeeded.
+
+        Records the phase's failed replies and its stragglers (the learners the grid stopped waiting for).
+        """
         ok = [reply for reply in replies if not reply.has_error()]
         failures = [reply_error(reply) for reply in replies if reply.has_error()]
-        self.report(server_round).failures.extend(failures)
+        report = self.report(server_round)
+        report.failures.extend(failures)
+        report.stragglers.extend(str(node_id) for node_id in self.grid.stragglers)
         if len(ok) < minimum:
             detail = "; ".join(failures) if failures else "learners did not answer in time"
             raise TrainingError(
@@ -216,6 +223,9 @@ class TrainingSession:
 class RoundHooks:
     """Mixed in before a Flower strategy: sees every round's replies and results.
 
+    Each phase tells the session's `GraceGrid` the successful replies it needs (what
+    `accept_replies` checks), so the phase stops waiting for stragglers a grace after it has them.
+
     With `session.one_message_rounds` a round is one message per learner: the train message of
     round r+1 asks for the global model of round r to be evaluated first, and only the last
     round has an evaluate phase of its own.
@@ -231,6 +241,7 @@ class RoundHooks:
         self.session.round_started_at[server_round] = time.time()
         evaluate_received = self.session.evaluated_later(server_round - 1) if server_round > 1 else False
         config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: evaluate_received})
+        self.session.grid.expect_replies(self.min_train_nodes)
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(
@@ -253,6 +264,7 @@ class RoundHooks:
     ) -> Iterable[Message]:
         if self.session.evaluated_later(server_round):
             return []
+        self.session.grid.expect_replies(self.min_evaluate_nodes)
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -356,7 +368,8 @@ def run_training(
     progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
     session: TrainingSession | None = None
     try:
-        session = TrainingSession(spec, progress, tracking_uri)
+        grace_grid = GraceGrid(grid, spec.straggler_grace_s)
+        session = TrainingSession(spec, progress, tracking_uri, grace_grid)
         # User code imported here binds the inert MLflow (`import mlflow; mlflow.autolog()` at the
         # top of model_manager.py): it never tracks, the platform's own tracking is the real MLflow.
         with user_code("aggregator"), inert_mlflow():
@@ -376,7 +389,7 @@ def run_training(
             return None
 
         strategy.start(
-            grid=grid,
+            grid=grace_grid,
             initial_arrays=ArrayRecord(initial),
             num_rounds=spec.rounds,
             timeout=spec.round_timeout,

@@ -157,6 +157,7 @@ def round_metrics(report: RoundReport) -> dict[str, float]:
     values = {name: float(value) for name, value in metrics.items() if value is not None}
     values["learners"] = float(report.learners)
     values["failures"] = float(len(report.failures))
+    values["stragglers"] = float(len(report.stragglers))
     values["round_duration_s"] = report.duration_s
     return values
 
@@ -357,6 +358,8 @@ class MlflowTracker:
                 tags = {PROJECT_TAG: self.spec.project_id, **round_tags}
                 if report.failures:
                     tags["flops.failures"] = "; ".join(report.failures)[:5000]
+                if report.stragglers:
+                    tags["flops.stragglers"] = ", ".join(report.stragglers)[:5000]
                 name = f"round-{report.round}"
                 found = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             write.run_id = found

@@ -89,7 +89,7 @@ class SleepProxy:
         return getattr(time, name)
 
 
-def _hooked_module(name: str, attributes: tuple[str, ...]) -> Any:
+def hooked_module(name: str, attributes: tuple[str, ...]) -> Any:
     """The Flower module `name`, checked to still have `time` and the (dotted) `attributes` the hooks wrap."""
     module = importlib.import_module(name)
 
@@ -139,7 +139,7 @@ def _mark_activity_before(function: Callable[..., Any], backoff: Backoff) -> Cal
 
 def hook_supernode() -> SleepProxy:
     """The SuperNode's pull loop (3 s when idle) and its wait for the ClientApp's reply (0.5 s)."""
-    module = _hooked_module(SUPERNODE_MODULE, ("_pull_and_store_message", "_push_messages"))
+    module = hooked_module(SUPERNODE_MODULE, ("_pull_and_store_message", "_push_messages"))
     pull = Backoff(floor=0.02, ceiling=3.0)  # towards the SuperLink: its load matters
     reply = Backoff(floor=0.005, ceiling=0.5)  # the node's own in-memory state
     module._pull_and_store_message = _mark_activity(
@@ -153,7 +153,7 @@ def hook_supernode() -> SleepProxy:
 
 def hook_superexec() -> SleepProxy:
     """The SuperExec's task loop (1 s by default, FLWR_SUPEREXEC_TASK_POLL_INTERVAL)."""
-    module = _hooked_module(SUPEREXEC_MODULE, ("_handle_launch_result", "_get_task_poll_interval"))
+    module = hooked_module(SUPEREXEC_MODULE, ("_handle_launch_result", "_get_task_poll_interval"))
     interval = module._get_task_poll_interval()
     tasks = Backoff(floor=min(0.01, interval), ceiling=interval)
     module._handle_launch_result = _mark_activity(module._handle_launch_result, tasks)
@@ -164,7 +164,7 @@ def hook_superexec() -> SleepProxy:
 
 def hook_grid() -> SleepProxy:
     """The ServerApp grid's wait for replies (3 s between pulls)."""
-    module = _hooked_module(GRID_MODULE, ("HttpGrid.send_and_receive",))
+    module = hooked_module(GRID_MODULE, ("HttpGrid.send_and_receive",))
     replies = Backoff(floor=0.01, ceiling=3.0)
     module.HttpGrid.send_and_receive = _mark_activity_before(module.HttpGrid.send_and_receive, replies)
     proxy = SleepProxy({3: replies})

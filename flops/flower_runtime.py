@@ -28,13 +28,20 @@ def new_secret_file(path: Path) -> Path:
 
 
 def superexec_command(
-    runtime_address: str, root_certificates: Path | None, secret_file: Path, parent_pid: int
+    runtime_address: str,
+    root_certificates: Path | None,
+    secret_file: Path,
+    parent_pid: int,
+    launcher: list[str] | None = None,
 ) -> list[str]:
     """SuperExec for the Runtime API at `runtime_address`: TLS checked against `root_certificates`
-    (None only for a SuperLink its aggregator was explicitly told to run without TLS)."""
+    (None only for a SuperLink its aggregator was explicitly told to run without TLS).
+
+    `launcher` runs Flower's flower-superexec (default: `adaptive_flower_command`'s); the
+    learners' starts their warm ClientApp workers (`learner.warm_clientapp`)."""
     tls = ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     return [
-        *adaptive_flower_command("flower-superexec"),
+        *(launcher or adaptive_flower_command("flower-superexec")),
         "--runtime-api-address", runtime_address,
         *tls,
         "--superexec-auth-secret-file", str(secret_file),

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from flops.training import ModelFlavor, StrategyConfig, check_client_minimums
+from flops.training import DEFAULT_STRAGGLER_GRACE_S, ModelFlavor, StrategyConfig, check_client_minimums
 
 Platform = Literal["linux/amd64", "linux/arm64"]
 
@@ -119,6 +119,12 @@ class ProjectSLA(Strict):
     backend: Backend = Backend.LOCAL
     best_model_metric: Literal["accuracy", "loss"] = "accuracy"
     learner_wait_timeout: float = Field(default=300.0, gt=0, le=24 * 3600)
+    straggler_grace_s: float = Field(
+        default=DEFAULT_STRAGGLER_GRACE_S,
+        ge=0,
+        le=24 * 3600,
+        description="seconds a round waits for late learners once it has the replies it needs",
+    )
 
     @model_validator(mode="after")
     def _deploy_needs_image(self) -> "ProjectSLA":

@@ -21,6 +21,7 @@ GLOBAL_ACCURACY_KEY = "global-accuracy"
 GLOBAL_EXAMPLES_KEY = "global-examples"
 # Config keys with this prefix are the platform's, not hyperparameters: user code never sees them.
 PLATFORM_CONFIG_PREFIX = "flops-"
+DEFAULT_STRAGGLER_GRACE_S = 10.0
 
 
 class StrategyName(StrEnum):
@@ -75,6 +76,14 @@ class TrainingSpec(BaseModel):
     best_model_metric: Literal["accuracy", "loss"] = "accuracy"
     learner_wait_timeout: float = Field(default=300.0, gt=0)
     round_timeout: float = Field(default=3600.0, gt=0)
+    straggler_grace_s: float = Field(
+        default=DEFAULT_STRAGGLER_GRACE_S,
+        ge=0,
+        description=(
+            "seconds a phase of a round (train, evaluate) waits for the remaining replies once it has "
+            "the successful replies it needs; the learners still silent then are the round's stragglers"
+        ),
+    )
     repo_url: str = ""
     repo_commit: str = ""
 
@@ -106,6 +115,10 @@ class RoundReport(BaseModel):
     eval_examples: int = 0
     learners: int = 0
     failures: list[str] = Field(default_factory=list)
+    stragglers: list[str] = Field(
+        default_factory=list,
+        description="learners (node ids) sent a message that had not replied when its phase closed",
+    )
     duration_s: float = 0.0
     run_id: str | None = None
 

@@ -43,6 +43,8 @@ from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
 SUPERNODE_CONNECTION_ERROR = 305
 CONNECTION_ERROR_LINE = f"Exit Code: {SUPERNODE_CONNECTION_ERROR}".encode()
 JOIN_RETRY_S = 2.0
+# The SuperExec with one warm ClientApp process per run (learner.warm_clientapp).
+WARM_SUPEREXEC = [sys.executable, "-m", "learner.warm_clientapp", "superexec"]
 
 
 class LearnerSettings(BaseModel):
@@ -181,7 +183,9 @@ class Flower:
             try:
                 opened = wait_until(lambda: port_open(args.host, port) or supernode.poll() is not None, 60)
                 if opened and supernode.poll() is None:
-                    self.start(superexec_command(f"{args.host}:{port}", runtime.ca_cert, secret, supernode.pid))
+                    self.start(
+                        superexec_command(f"{args.host}:{port}", runtime.ca_cert, secret, supernode.pid, WARM_SUPEREXEC)
+                    )
                 code = supernode.wait()
                 relay.join(5)
                 return SUPERNODE_CONNECTION_ERROR if code and refused.is_set() else code

@@ -71,7 +71,7 @@ def flops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def flower_processes() -> set[int]:
     """PIDs of Flower and FLOps actor processes running now."""
-    names = ("flower-", "flwr-", "flops-learner", "flops-aggregator")
+    names = ("flower-", "flwr-", "flops-learner", "flops-aggregator", "learner.warm_clientapp")
     found = set()
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
@@ -89,8 +89,15 @@ def no_leftover_processes() -> Iterator[None]:
     before = flower_processes()
     yield
     assert wait_until(lambda: not (flower_processes() - before), 10), (
-        f"processes left behind: {flower_processes() - before}"
+        f"processes left behind: {[_cmdline(pid) for pid in flower_processes() - before]}"
     )
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:300]}"
+    except psutil.Error:
+        return f"{pid}: gone"
 
 
 def run_flops(

@@ -87,7 +87,7 @@ def test_the_hooked_loops_still_sleep_as_the_hooks_expect(module: str, function:
 
 def test_a_missing_hooked_function_fails_loudly() -> None:
     with pytest.raises(RuntimeError, match="update them"):
-        flower_polling._hooked_module(flower_polling.GRID_MODULE, ("no_such_function",))
+        flower_polling.hooked_module(flower_polling.GRID_MODULE, ("no_such_function",))
 
 
 def test_another_flower_version_keeps_flowers_polling(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,13 @@ import pytest
 
 from flops.data.partition import partition
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class
-from flops.training import SPEC_RUN_CONFIG_KEY, TrainingSpec
+from flops.training import (
+    EVALUATE_RECEIVED_KEY,
+    GLOBAL_ACCURACY_KEY,
+    GLOBAL_EXAMPLES_KEY,
+    SPEC_RUN_CONFIG_KEY,
+    TrainingSpec,
+)
 from learner.user_code import ModelRunner, NodeContext, proximal_step
 from tests.conftest import EXAMPLES, ROOT
 
@@ -223,6 +229,28 @@ def test_client_app_trains_user_code_that_tracks_with_inert_mlflow(tmp_path: Pat
         reply = client_app.train(Message(content=content, dst_node_id=1, message_type="train"), context)
         metrics = reply.content.metric_records["metrics"]
         assert is_inert(sys.modules["mlflow"]) and is_inert(sys.modules["model_manager"].mlflow)
+
+        # The next round of the run in this process: its manager and data are kept, and it evaluates
+        # the model it receives before training (one message per round).
+        manager_class = sys.modules["model_manager"].ModelManager
+        received_model = [np.random.default_rng(7).normal(size=(10, 64)), np.zeros(10)]
+        reference = manager_class()
+        reference.set_model_data()
+        reference.set_model_parameters(received_model)
+        expected_accuracy = reference.evaluate_model()[1]
+        loads = []
+        original = manager_class.set_model_data
+        manager_class.set_model_data = lambda self: (loads.append(1), original(self))[1]
+        config = ConfigRecord({{{EVALUATE_RECEIVED_KEY!r}: True}})
+        again = RecordDict({{"arrays": ArrayRecord(received_model), "config": config}})
+        second = client_app.train(Message(content=again, dst_node_id=1, message_type="train"), context)
+        received = second.content.metric_records["metrics"]
+        assert loads == [], "the run's data stays loaded"
+        assert received[{GLOBAL_EXAMPLES_KEY!r}] == metrics["num-examples"]
+        assert abs(received[{GLOBAL_ACCURACY_KEY!r}] - expected_accuracy) < 1e-9, "it evaluated what it got"
+        other = Context(run_id=2, node_id=1, state=RecordDict(), node_config=node_config, run_config=run_config)
+        client_app.train(Message(content=content, dst_node_id=1, message_type="train"), other)
+        assert loads == [1], "another run gets a manager of its own"
         print("ok", metrics["num-examples"], metrics["local-accuracy"])
         """
     )

@@ -51,6 +51,7 @@ def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
         hyperparameters=sla.hyperparameters,
         best_model_metric=sla.best_model_metric,
         learner_wait_timeout=sla.learner_wait_timeout,
+        straggler_grace_s=sla.straggler_grace_s,
         repo_url=sla.ml_repo_url,
         repo_commit=build.commit,
     )

@@ -1,0 +1,255 @@
+"""Warm learners: one long-lived ClientApp process per run instead of one process per message.
+
+Flower 1.41's SuperExec starts `flwr-clientapp --token T` for every message a SuperNode gets
+(`SubprocessExecutor.launch`); that process imports Flower, NumPy and the user's code and loads
+the node's data again, each round. Flower's warm pools are for Kubernetes only.
+
+Contract: the learner's SuperExec (`python -m learner.warm_clientapp superexec ARGS`, Flower's
+`flower-superexec` with adaptive polling) hands the token of each ClientApp task to the worker
+process of the task's run, and starts that worker (`python -m learner.warm_clientapp worker`) on
+the run's first task. A worker serves one run only: a task of another run gets a worker of its
+own, and a worker whose run is no longer the latest one is stopped, so nothing one run imported
+or loaded is ever visible to another's code. A worker runs each task as `flwr-clientapp` does
+(pull the message, context and FAB from the SuperNode's Runtime API, call the ClientApp, push the
+reply and the context, heartbeats meanwhile), but keeps the installed FAB and the loaded ClientApp,
+and so the user's module with its loaded data (`learner.client_app`), between the tasks. Tokens
+reach the worker through its stdin, never an argv. A worker that died is replaced at the run's
+next task; a task it was running expires as Flower's own tasks do.
+
+How: the SuperExec's plugin class (`run_superexec.AutoExecPlugin`) is replaced by a subclass;
+only the pinned Flower version is hooked (like `flops.flower_polling`), and on another version
+every message gets Flower's own fresh process.
+"""
+
+import argparse
+import atexit
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from logging import ERROR
+from pathlib import Path
+from typing import IO, Any
+
+import flwr
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.task_pb2 import Task
+from flwr.supercore import log as flower_log
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.superexec.executor import LaunchResult
+from flwr.supercore.superexec.plugin import AutoExecPlugin
+from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from flops.flower_polling import FLOWER_VERSION, hooked_module
+from flops.flower_polling import install as install_adaptive_polling
+
+SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
+
+log = logging.getLogger(__name__)
+
+
+class RunWorker:
+    """The worker process of one run, fed task tokens through its stdin."""
+
+    def __init__(self, run_id: int, command: list[str]) -> None:
+        self.run_id = run_id
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def submit(self, token: str) -> bool:
+        """Hand `token` to the worker; False when it is gone."""
+        stdin: IO[bytes] | None = self.process.stdin
+        if not self.alive or stdin is None:
+            return False
+        try:
+            stdin.write(token.encode("ascii") + b"\n")
+            stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return False
+        return True
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()  # end of input: the worker finishes its task and exits
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class WarmClientAppPlugin(AutoExecPlugin):
+    """Flower's SuperExec plugin, with ClientApp tasks handed to their run's worker."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker: RunWorker | None = None
+        atexit.register(self.close_worker)
+
+    def launch_task(self, token: str, task: Task) -> LaunchResult:
+        if task.type != TaskType.CLIENT_APP.value:
+            return super().launch_task(token, task)
+        for _attempt in range(2):  # a worker that died since its last task is replaced once
+            if self.submit(task.run_id, token):
+                return LaunchResult.accepted()
+            self.close_worker()
+        return LaunchResult.failed(f"the ClientApp worker of run {task.run_id} does not start")
+
+    def submit(self, run_id: int, token: str) -> bool:
+        if self.worker is not None and self.worker.run_id != run_id:
+            self.close_worker()  # another run's turn: its code and data go with its process
+        if self.worker is None:
+            self.worker = RunWorker(run_id, self.worker_command())
+        return self.worker.submit(token)
+
+    def worker_command(self) -> list[str]:
+        tls = ["--insecure"] if self.insecure else []
+        if not self.insecure and self.root_certificates_path is not None:
+            tls = ["--root-certificates", self.root_certificates_path]
+        return [
+            sys.executable, "-m", "learner.warm_clientapp", "worker",
+            "--runtime-api-address", self.runtime_api_address,
+            *tls,
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+
+    def close_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+
+def install() -> bool:
+    """Make this process's SuperExec hand ClientApp tasks to run workers; False on another Flower."""
+    if flwr.__version__ != FLOWER_VERSION:
+        log.warning("Flower %s is not %s: a fresh ClientApp per message", flwr.__version__, FLOWER_VERSION)
+        return False
+    module = hooked_module(SUPEREXEC_MODULE, ("AutoExecPlugin",))
+    module.AutoExecPlugin = WarmClientAppPlugin
+    return True
+
+
+class TaskRunner:
+    """A worker's side: runs the tasks of one run, keeping the FAB and the ClientApp loaded."""
+
+    def __init__(self, runtime_api_address: str, certificates: bytes | None, insecure: bool) -> None:
+        self.runtime_api_address = runtime_api_address
+        self.certificates = certificates
+        self.insecure = insecure
+        self.installed: set[str] = set()
+        self.apps: dict[tuple[str, str, str], ClientApp] = {}
+        self.run_id: int | None = None
+        self._load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+
+    def client(self, token: str) -> RuntimeHttpClient:
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.runtime_api_address,
+            insecure=self.insecure,
+            root_certificates=self.certificates,
+            interceptors=[
+                RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                RuntimeTokenHttpInterceptor(token),
+            ],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+
+    def app(self, fab_id: str, fab_version: str, fab_hash: str, fab_content: bytes) -> ClientApp:
+        if fab_hash not in self.installed:
+            install_from_fab(fab_content, skip_prompt=True)
+            self.installed.add(fab_hash)
+        key = (fab_id, fab_version, fab_hash)
+        if key not in self.apps:
+            self.apps[key] = self._load(fab_id, fab_version, fab_hash)
+        return self.apps[key]
+
+    def run(self, token: str) -> None:
+        """One task, as `flwr.supernode.runtime.run_clientapp` runs it, without exiting."""
+        client = self.client(token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        message: Message | None = None
+        reply: Message | None = None
+        context: Context | None = None
+        sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        try:
+            heartbeat.start()
+            message, context, run, fab = pull_task_input(client)
+            if self.run_id is None:
+                self.run_id = run.run_id
+            if run.run_id != self.run_id:
+                raise RuntimeError(f"this worker serves run {self.run_id}, not run {run.run_id}")
+            client_app = self.app(run.fab_id, run.fab_version, fab.hash_str, fab.content)
+            reply = client_app(message=message, context=context)
+            sub_status, details = SubStatus.COMPLETED, ""
+        except Exception as failure:  # every failure goes back as the task's error
+            code, reason = ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(failure)}:<'{failure}'>"
+            if isinstance(failure, LoadClientAppError):
+                code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+                reason = "An exception was raised when attempting to load `ClientApp`"
+            flower_log(ERROR, "ClientApp raised an exception", exc_info=failure)
+            details = reason
+            if message is not None:
+                reply = Message(Error(code=code, reason=reason), reply_to=message)
+        finally:
+            if reply is not None and context is not None:
+                try:
+                    push_message(client, reply, context)
+                except Exception as failure:
+                    flower_log(ERROR, "Failed to push reply message", exc_info=failure)
+            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+
+
+def run_worker(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m learner.warm_clientapp worker")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--root-certificates", type=Path)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--parent-pid", type=int)
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+    certificates = validate_and_resolve_root_certificates(
+        str(args.root_certificates) if args.root_certificates else None, args.insecure
+    )
+    runner = TaskRunner(args.runtime_api_address, certificates, args.insecure)
+    for line in sys.stdin.buffer:
+        token = line.strip().decode("ascii")
+        if token:
+            runner.run(token)
+
+
+def main(argv: list[str]) -> None:
+    """`superexec ARGS` (Flower's flower-superexec, warm and with adaptive polling) or `worker ARGS`."""
+    if argv[:1] == ["worker"]:
+        run_worker(argv[1:])
+        return
+    if argv[:1] != ["superexec"]:
+        raise SystemExit("usage: python -m learner.warm_clientapp {superexec|worker} ARGS...")
+    install_adaptive_polling("flower-superexec")
+    install()
+    from flwr.supercore.cli import flower_superexec
+
+    sys.argv = ["flower-superexec", *argv[1:]]
+    flower_superexec()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

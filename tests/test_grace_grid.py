@@ -1,0 +1,180 @@
+"""GraceGrid: a phase closes a grace after its minimum of successful replies, stragglers named, never fatal."""
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from flwr.app import Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from aggregator.grace_grid import GraceGrid
+from aggregator.server_app import TrainingSession
+from flops.progress import ProgressLog
+from flops.training import TrainingSpec
+
+NEVER = None
+
+
+@pytest.fixture(autouse=True)
+def server_app_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Flower sets in a ServerApp process, which `Message(...)` reads."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class ScriptedGrid(Grid):
+    """A grid whose node `n` replies `reply_after[n]` seconds after the push (NEVER: not at all),
+    with an error reply for the nodes in `failing`; message ids are set on push as Flower's HttpGrid does."""
+
+    def __init__(self, reply_after: dict[int, float | None], failing: frozenset[int] = frozenset()) -> None:
+        self.reply_after = reply_after
+        self.failing = failing
+        self.pushes = 0
+        self.closed = False
+        self._pushed_at = 0.0
+        self._waiting: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.reply_after)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self.pushes += 1
+        self._pushed_at = time.monotonic()
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            self._waiting[message.metadata.message_id] = message
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        elapsed = time.monotonic() - self._pushed_at
+        replies = []
+        for message_id in list(message_ids):
+            message = self._waiting.get(message_id)
+            if message is None:
+                continue
+            delay = self.reply_after[message.metadata.dst_node_id]
+            if delay is not NEVER and elapsed >= delay:
+                del self._waiting[message_id]
+                failed = message.metadata.dst_node_id in self.failing
+                content = Error(code=0, reason="boom") if failed else RecordDict()
+                replies.append(Message(content, reply_to=message))
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise AssertionError("GraceGrid must run its own loop")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def train_messages(grid: Grid) -> list[Message]:
+    return [Message(RecordDict(), node_id, "train") for node_id in grid.get_node_ids()]
+
+
+def phase(grid: GraceGrid, timeout: float = 10.0) -> tuple[list[int], float]:
+    """The nodes that replied to one train phase, and how long it took."""
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(train_messages(grid), timeout=timeout))
+    return sorted(reply.metadata.src_node_id for reply in replies), time.monotonic() - started
+
+
+def test_all_replies_fast_return_at_once_with_all() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: 0.02, 3: 0.04}), grace_s=5.0)
+    grid.expect_replies(2)
+    replied, took = phase(grid)
+    assert replied == [1, 2, 3]
+    assert grid.stragglers == []
+    assert took < 1.0  # neither the grace nor the timeout
+
+
+def test_minimum_reached_waits_the_grace_then_names_the_slow_one() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: 0.05, 3: 5.0}), grace_s=0.3)
+    grid.expect_replies(2)
+    replied, took = phase(grid)
+    assert replied == [1, 2]
+    assert grid.stragglers == [3]
+    assert 0.3 <= took < 2.0
+
+
+def test_fewer_than_the_minimum_waits_until_the_timeout() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: NEVER, 3: NEVER}), grace_s=0.1)
+    grid.expect_replies(2)
+    replied, took = phase(grid, timeout=0.6)
+    assert replied == [1]
+    assert grid.stragglers == [2, 3]
+    assert 0.6 <= took < 2.5
+
+
+def test_grace_zero_returns_as_soon_as_the_minimum_arrived() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: 0.2, 3: 5.0}), grace_s=0.0)
+    grid.expect_replies(2)
+    replied, took = phase(grid)
+    assert replied == [1, 2]
+    assert grid.stragglers == [3]
+    assert 0.2 <= took < 1.5
+
+
+def test_error_replies_do_not_count_towards_the_minimum() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: 0.0, 3: 0.3}, failing=frozenset({1})), grace_s=0.0)
+    grid.expect_replies(2)
+    replied, took = phase(grid)
+    assert replied == [1, 2, 3]  # the failed reply too: the session records it as a failure
+    assert grid.stragglers == []
+    assert 0.3 <= took < 1.5
+
+
+def test_without_an_expectation_a_phase_waits_for_every_reply_and_an_expectation_holds_once() -> None:
+    grid = GraceGrid(ScriptedGrid({1: 0.0, 2: 0.3}), grace_s=0.0)
+    grid.expect_replies(1)
+    assert phase(grid)[0] == [1]
+    replied, took = phase(grid)  # no expectation: Flower's behaviour
+    assert replied == [1, 2]
+    assert took >= 0.3
+
+
+def test_no_messages_return_at_once_without_a_push() -> None:
+    inner = ScriptedGrid({1: 0.0})
+    grid = GraceGrid(inner, grace_s=1.0)
+    grid.expect_replies(1)
+    assert list(grid.send_and_receive([], timeout=5.0)) == []
+    assert inner.pushes == 0 and grid.stragglers == []
+
+
+def test_everything_else_is_the_wrapped_grid() -> None:
+    inner = ScriptedGrid({4: 0.0, 7: 0.0})
+    grid = GraceGrid(inner, grace_s=1.0)
+    assert list(grid.get_node_ids()) == [4, 7]
+    assert [node.node_id for node in grid.get_nodes()] == [4, 7]
+    grid.close()  # not part of Flower's Grid: passed through
+    assert inner.closed
+
+
+def test_the_session_records_stragglers_apart_from_failures(tmp_path: Path) -> None:
+    inner = ScriptedGrid({1: 0.0, 2: 0.0, 3: NEVER}, failing=frozenset({2}))
+    grid = GraceGrid(inner, grace_s=0.0)
+    session = TrainingSession(TrainingSpec(project_id="p", model_name="m"), ProgressLog(tmp_path), None, grid)
+    grid.expect_replies(1)
+    replies = list(grid.send_and_receive(train_messages(grid), timeout=0.3))
+    ok = session.accept_replies(1, replies, minimum=1, phase="training")
+    assert [reply.metadata.src_node_id for reply in ok] == [1]
+    report = session.report(1)
+    assert report.stragglers == ["3"]
+    assert report.failures == ["boom"]
