@@ -1,16 +1,17 @@
 """Scale on one machine: N learners on the local backend with `flops train`.
 
 For each N, digits is partitioned over N node folders and `flops train examples/digits-sklearn
---learners N --rounds 2 --json` runs against one shared observatory. From the aggregator's
+--learners N --rounds 3 --json` runs against one shared observatory. From the aggregator's
 progress file (FLOPS_HOME/runs/ID/progress.jsonl) come the time from start until all N learners
 joined (its `started` event) and until the first round ended; round durations from the summary.
-Every 0.5 s psutil samples the process trees under `flops train`: each learner (flops-learner,
-which becomes flower-supernode, and its SuperExec and flwr-clientapp children) and the
-aggregator (SuperLink, ServerApp). Peaks are of the summed RSS (shared pages count once per
-process, so totals overstate a little).
+Every second psutil samples the process trees under `flops train`: each learner (flops-learner,
+its SuperNode with the SuperExec thread, the run's warm ClientApp worker) and the aggregator
+(SuperLink, ServerApp). Peaks are of the summed RSS (a shared page counts once per process that
+maps it, so RSS totals overstate) and of the summed PSS (shared pages split between the
+processes that map them: what the learners really take together), with the RSS of each part.
 
-    python bench/scale.py --quick   # N = 5 (10 learners overload 2 cores: Flower drops late replies)
-    python bench/scale.py --full    # N = 5, 10, 25, 50 (larger N skipped when memory would not suffice)
+    python bench/scale.py --quick   # N = 20 learners x 3 rounds
+    python bench/scale.py --full    # N = 5, 20, 50 (larger N skipped when memory would not suffice)
 """
 
 import argparse
@@ -46,44 +47,73 @@ from flops.processes import stop_group  # noqa: E402
 
 EXAMPLE = EXAMPLES / "digits-sklearn"
 # (learner counts, rounds)
-PLANS = {"quick": ([5], 2), "full": ([5, 10, 25, 50], 2), "smoke": ([2], 1)}
-SAMPLE_S = 0.5
-LEARNER_MARKS = ("flops-learner", "flower-supernode", "flwr-clientapp")
+PLANS = {"quick": ([20], 3), "full": ([5, 20, 50], 3), "smoke": ([2], 1)}
+SAMPLE_S = 1.0
 MB = 2**20
+# What each process of a learner is, by its command line: learner.main is `flops-learner`.
+# The first part whose mark is in a command line (paths in arguments may hold "flops-learner").
+LEARNER_PARTS = {
+    "supernode": ("warm_clientapp supernode", "flower-supernode"),
+    "superexec": ("flower-superexec",),
+    "clientapp": ("warm_clientapp worker", "flwr-clientapp"),
+    "wrapper": ("learner.main", "bin/flops-learner"),
+}
+AGGREGATOR_MARKS = ("aggregator.main", "flops-aggregator")
+
+
+def command_of(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def role_of(process: psutil.Process) -> str | None:
     """'learner' or 'aggregator' for a direct child of `flops train`."""
-    try:
-        command = " ".join(process.cmdline())
-    except psutil.Error:
-        return None
-    if "flops-aggregator" in command:
+    command = command_of(process)
+    if any(mark in command for mark in AGGREGATOR_MARKS):
         return "aggregator"
-    if any(mark in command for mark in LEARNER_MARKS):
+    if any(mark in command for marks in LEARNER_PARTS.values() for mark in marks):
         return "learner"
     return None
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
+def part_of(process: psutil.Process) -> str:
+    command = command_of(process)
+    return next((part for part, marks in LEARNER_PARTS.items() if any(m in command for m in marks)), "other")
+
+
+def tree_memory(process: psutil.Process) -> tuple[int, int, dict[str, int]]:
+    """(summed RSS, summed PSS, RSS by learner part) of `process` and its descendants.
+
+    RSS counts a shared page (Python, NumPy, Flower's libraries) once per process that maps it;
+    PSS splits it between them, so PSS sums to what the tree really takes.
+    """
+    rss = pss = 0
+    parts: dict[str, int] = {}
     with contextlib.suppress(psutil.Error):
-        family = [process, *process.children(recursive=True)]
-        for member in family:
+        for member in [process, *process.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += member.memory_info().rss
-    return total
+                info = member.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+                part = part_of(member)
+                parts[part] = parts.get(part, 0) + info.rss
+    return rss, pss, parts
 
 
 class RssSampler(threading.Thread):
-    """Samples the RSS of the learner and aggregator trees under `root_pid` until stopped."""
+    """Samples the memory of the learner and aggregator trees under `root_pid` until stopped."""
 
     def __init__(self, root_pid: int) -> None:
         super().__init__(daemon=True)
         self.root_pid = root_pid
         self.halt = threading.Event()
         self.learner_peak: dict[int, int] = {}  # per learner (its root pid): peak tree RSS
+        self.learner_pss_peak: dict[int, int] = {}  # the same, PSS
+        self.part_peak: dict[str, int] = {}  # per learner part: the largest RSS one learner's part had
         self.learners_total_peak = 0
+        self.learners_pss_total_peak = 0
         self.aggregator_peak = 0
         self.total_peak = 0
         self.samples = 0
@@ -95,18 +125,23 @@ class RssSampler(threading.Thread):
             return
         while not self.halt.is_set():
             with contextlib.suppress(psutil.Error):
-                learners = aggregator = 0
+                learners = learners_pss = aggregator = 0
                 for child in root.children():
                     role = role_of(child)
                     if role is None:
                         continue
-                    rss = tree_rss(child)
+                    rss, pss, parts = tree_memory(child)
                     if role == "aggregator":
                         aggregator += rss
-                    else:
-                        learners += rss
-                        self.learner_peak[child.pid] = max(self.learner_peak.get(child.pid, 0), rss)
+                        continue
+                    learners += rss
+                    learners_pss += pss
+                    self.learner_peak[child.pid] = max(self.learner_peak.get(child.pid, 0), rss)
+                    self.learner_pss_peak[child.pid] = max(self.learner_pss_peak.get(child.pid, 0), pss)
+                    for part, part_rss in parts.items():
+                        self.part_peak[part] = max(self.part_peak.get(part, 0), part_rss)
                 self.learners_total_peak = max(self.learners_total_peak, learners)
+                self.learners_pss_total_peak = max(self.learners_pss_total_peak, learners_pss)
                 self.aggregator_peak = max(self.aggregator_peak, aggregator)
                 self.total_peak = max(self.total_peak, learners + aggregator + root.memory_info().rss)
                 self.samples += 1
@@ -159,6 +194,7 @@ def one_scale(work: Path, learners: int, rounds: int, tracking: str) -> dict[str
     ]
     rounds_s = [r["duration_s"] for r in summary["rounds"]]
     per_learner = [rss / MB for rss in sampler.learner_peak.values()]
+    per_learner_pss = [pss / MB for pss in sampler.learner_pss_peak.values()]
     return {
         "learners": learners,
         "rounds": rounds,
@@ -171,7 +207,10 @@ def one_scale(work: Path, learners: int, rounds: int, tracking: str) -> dict[str
         "accuracy": summary.get("final_accuracy"),
         "peak_rss_per_learner_mb": median(per_learner),
         "peak_rss_per_learner_max_mb": max(per_learner, default=None),
+        "peak_pss_per_learner_mb": median(per_learner_pss),
+        "peak_rss_per_learner_part_mb": {part: rss / MB for part, rss in sorted(sampler.part_peak.items())},
         "peak_rss_learners_total_mb": sampler.learners_total_peak / MB,
+        "peak_pss_learners_total_mb": sampler.learners_pss_total_peak / MB,
         "peak_rss_aggregator_mb": sampler.aggregator_peak / MB,
         "peak_rss_total_mb": sampler.total_peak / MB,
         "learner_trees_seen": len(per_learner),
@@ -181,7 +220,7 @@ def one_scale(work: Path, learners: int, rounds: int, tracking: str) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_arguments(parser, "N = 5, 10 learners x 2 rounds", "N = 5, 10, 25, 50 learners x 2 rounds")
+    add_mode_arguments(parser, "N = 20 learners x 3 rounds", "N = 5, 20, 50 learners x 3 rounds")
     args = parser.parse_args()
     mode = mode_of(args)
     counts, rounds = PLANS[mode]
@@ -207,10 +246,12 @@ def main() -> None:
                     failed.append({"learners": learners, "error": reason})
                     continue
                 results.append(result)
+                parts = {part: round(mb) for part, mb in result["peak_rss_per_learner_part_mb"].items()}
                 print(
                     f"N={learners}: all joined after {result['all_joined_s'] or 0:.1f} s, round median "
                     f"{result['round_median_s'] or 0:.1f} s, peak RSS {result['peak_rss_per_learner_mb'] or 0:.0f} MB "
-                    f"per learner, {result['peak_rss_total_mb']:.0f} MB in all",
+                    f"(PSS {result['peak_pss_per_learner_mb'] or 0:.0f} MB) per learner, parts "
+                    f"{parts}, {result['peak_rss_total_mb']:.0f} MB in all",
                     flush=True,
                 )
     base = results[0] if results else None

@@ -30,12 +30,8 @@ from flops.training import (
     SPEC_RUN_CONFIG_KEY,
     TrainingSpec,
 )
+from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
 from learner.user_code import ModelRunner, NodeContext, inert_tracking
-
-# Keys of the node config that `flops-learner` sets on its SuperNode.
-NODE_NAME_KEY = "node-name"
-DATA_DIR_KEY = "data-dir"
-DATA_TAGS_KEY = "data-tags"
 
 app = ClientApp()
 

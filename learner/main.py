@@ -7,10 +7,11 @@ Secure by default: the SuperNode dials the SuperLink over TLS, trusting only the
 (`--root-certificates`), and proves its identity with its own key (`--auth-supernode-private-key`),
 which the project's aggregator registered. Its own Runtime API (for the ClientApp processes, on
 loopback) serves TLS too, with a certificate made for this start only, and answers only the
-SuperExec this learner starts with a shared secret. A SuperLink that refuses the learner (its key
-is not registered yet: the aggregator registers right after its SuperLink opens) is asked again
-for `--join-timeout` seconds. `--insecure` (plain HTTP, no identity) is an explicit opt-in for
-loopback experiments.
+SuperExec that holds the shared secret: it runs in a thread of the SuperNode's process and hands
+each message to the run's warm ClientApp process (`learner.warm_clientapp`). A SuperLink that
+refuses the learner (its key is not registered yet: the aggregator registers right after its
+SuperLink opens) is asked again for `--join-timeout` seconds. `--insecure` (plain HTTP, no
+identity) is an explicit opt-in for loopback experiments.
 """
 
 import argparse
@@ -30,12 +31,12 @@ from pydantic import BaseModel
 
 from flops.data.node_data import missing_tags
 from flops.events import Component, EventName, LearnerReport, make_event
-from flops.flower_runtime import adaptive_flower_command, new_secret_file, superexec_command
+from flops.flower_runtime import new_secret_file
 from flops.mqtt import MqttSettings, publish_once
-from flops.net import free_port, is_loopback, port_open, wait_until
+from flops.net import free_port, is_loopback
 from flops.pki import ProjectPKI
 from flops.runtime_env import process_env
-from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
+from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
 
 # Flower's exit code when the SuperNode could not be admitted: refused activation (unknown key)
 # or a TLS handshake that failed. Flower's process exits 1 for every error: the code is read
@@ -43,8 +44,8 @@ from learner.client_app import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
 SUPERNODE_CONNECTION_ERROR = 305
 CONNECTION_ERROR_LINE = f"Exit Code: {SUPERNODE_CONNECTION_ERROR}".encode()
 JOIN_RETRY_S = 2.0
-# The SuperExec with one warm ClientApp process per run (learner.warm_clientapp).
-WARM_SUPEREXEC = [sys.executable, "-m", "learner.warm_clientapp", "superexec"]
+# The SuperNode, with its SuperExec in the same process and one warm ClientApp process per run.
+WARM_SUPERNODE = [sys.executable, "-m", "learner.warm_clientapp", "supernode"]
 
 
 class LearnerSettings(BaseModel):
@@ -115,7 +116,7 @@ def supernode_command(args: argparse.Namespace, port: int, runtime_tls: Path, se
         f'{DATA_TAGS_KEY}="{args.data_tags}"'
     )
     command = [
-        *adaptive_flower_command("flower-supernode"),
+        *WARM_SUPERNODE,
         "--superlink", args.superlink,
         "--host", args.host,
         "--port", str(port),
@@ -136,11 +137,12 @@ def supernode_command(args: argparse.Namespace, port: int, runtime_tls: Path, se
 
 
 class Flower:
-    """The SuperNode and its SuperExec of one attempt to join, stopped together."""
+    """The SuperNode (with its SuperExec and ClientApp workers) of one attempt to join."""
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.stopping = False
+        self.stopped_by = 0  # the signal that stopped this learner
 
     def start(self, command: list[str], relay: bool = False) -> subprocess.Popen[bytes]:
         """Start `command`; `relay`: its output through a pipe, copied to ours line by line (`relay_output`)."""
@@ -181,11 +183,6 @@ class Flower:
             relay = threading.Thread(target=relay_output, args=(supernode, refused), daemon=True)
             relay.start()
             try:
-                opened = wait_until(lambda: port_open(args.host, port) or supernode.poll() is not None, 60)
-                if opened and supernode.poll() is None:
-                    self.start(
-                        superexec_command(f"{args.host}:{port}", runtime.ca_cert, secret, supernode.pid, WARM_SUPEREXEC)
-                    )
                 code = supernode.wait()
                 relay.join(5)
                 return SUPERNODE_CONNECTION_ERROR if code and refused.is_set() else code
@@ -208,16 +205,25 @@ def run_flower(args: argparse.Namespace) -> int:
     flower = Flower()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Only ask the SuperNode to stop: the handler may run inside `Popen.wait` of that process, whose
+        # lock a second wait here could not take (it would spin until the grace is over). The attempt's
+        # own wait sees the SuperNode end and stops the rest.
         flower.stopping = True
-        flower.stop()
-        raise SystemExit(128 + signum)
+        flower.stopped_by = signum
+        running = [process for process in flower.processes if process.poll() is None]
+        for process in running:
+            process.terminate()
+        if not running:
+            raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     deadline = time.monotonic() + args.join_timeout
     while True:
         code = flower.attempt(args)
-        if code != SUPERNODE_CONNECTION_ERROR or flower.stopping:
+        if flower.stopping:
+            return 128 + flower.stopped_by
+        if code != SUPERNODE_CONNECTION_ERROR:
             return code
         if time.monotonic() >= deadline:
             print(

@@ -4,31 +4,39 @@ Flower 1.41's SuperExec starts `flwr-clientapp --token T` for every message a Su
 (`SubprocessExecutor.launch`); that process imports Flower, NumPy and the user's code and loads
 the node's data again, each round. Flower's warm pools are for Kubernetes only.
 
-Contract: the learner's SuperExec (`python -m learner.warm_clientapp superexec ARGS`, Flower's
-`flower-superexec` with adaptive polling) hands the token of each ClientApp task to the worker
-process of the task's run, and starts that worker (`python -m learner.warm_clientapp worker`) on
-the run's first task. A worker serves one run only: a task of another run gets a worker of its
-own, and a worker whose run is no longer the latest one is stopped, so nothing one run imported
-or loaded is ever visible to another's code. A worker runs each task as `flwr-clientapp` does
-(pull the message, context and FAB from the SuperNode's Runtime API, call the ClientApp, push the
-reply and the context, heartbeats meanwhile), but keeps the installed FAB and the loaded ClientApp,
-and so the user's module with its loaded data (`learner.client_app`), between the tasks. Tokens
-reach the worker through its stdin, never an argv. A worker that died is replaced at the run's
-next task; a task it was running expires as Flower's own tasks do.
+Contract: the learner runs `python -m learner.warm_clientapp supernode ARGS` (Flower's
+flower-supernode with adaptive polling) and, in a thread of that same process, its SuperExec
+(one process less per learner: Flower's SuperExec and SuperNode import the same modules). The
+SuperExec hands the token of each ClientApp task to the worker process of the task's run, and
+starts that worker (`python -m learner.warm_clientapp worker`) on the run's first task. A worker
+serves one run only: a task of another run gets a worker of its own, and a worker whose run is
+no longer the latest one is stopped, so nothing one run imported or loaded is ever visible to
+another's code. A worker runs each task as `flwr-clientapp` does (pull the message, context and
+FAB from the SuperNode's Runtime API, call the ClientApp, push the reply and the context,
+heartbeats meanwhile), but keeps the installed FAB and the loaded ClientApp, and so the user's
+module with its loaded data (`learner.client_app`), between the tasks. Tokens reach the worker
+through its stdin, never an argv. A worker that died is replaced at the run's next task; a task
+it was running expires as Flower's own tasks do. The SuperExec thread's end (an error) ends the
+SuperNode, so `flops-learner` sees it.
 
-How: the SuperExec's plugin class (`run_superexec.AutoExecPlugin`) is replaced by a subclass;
-only the pinned Flower version is hooked (like `flops.flower_polling`), and on another version
-every message gets Flower's own fresh process.
+How: the SuperExec's plugin class (`run_superexec.AutoExecPlugin`) is replaced by a subclass and
+its signal handlers (the SuperNode's main thread has its own) by nothing; only the pinned Flower
+version is hooked (like `flops.flower_polling`), and on another version every message gets
+Flower's own fresh process.
 """
 
 import argparse
 import atexit
 import contextlib
+import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
-from logging import ERROR
+import threading
+import time
+from logging import ERROR, INFO
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +50,7 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.task_pb2 import Task
 from flwr.supercore import log as flower_log
 from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -54,6 +63,7 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 from flops.flower_polling import FLOWER_VERSION, hooked_module
 from flops.flower_polling import install as install_adaptive_polling
+from flops.net import port_open, wait_until
 
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
 
@@ -186,15 +196,18 @@ class TaskRunner:
         reply: Message | None = None
         context: Context | None = None
         sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        marks = [time.monotonic()]  # start, input pulled, ClientApp returned, reply and output pushed
         try:
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
+            marks.append(time.monotonic())
             if self.run_id is None:
                 self.run_id = run.run_id
             if run.run_id != self.run_id:
                 raise RuntimeError(f"this worker serves run {self.run_id}, not run {run.run_id}")
             client_app = self.app(run.fab_id, run.fab_version, fab.hash_str, fab.content)
             reply = client_app(message=message, context=context)
+            marks.append(time.monotonic())
             sub_status, details = SubStatus.COMPLETED, ""
         except Exception as failure:  # every failure goes back as the task's error
             code, reason = ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(failure)}:<'{failure}'>"
@@ -215,6 +228,11 @@ class TaskRunner:
             if heartbeat.is_running:
                 heartbeat.stop()
             client.close()
+            marks.append(time.monotonic())
+            if len(marks) == 4:  # where a message's time goes (docs/performance.md: a round's breakdown)
+                pulled, computed, pushed = (round((b - a) * 1000) for a, b in itertools.pairwise(marks))
+                flower_log(INFO, "[flops] message: input pulled in %d ms, ClientApp %d ms, reply pushed in %d ms",
+                           pulled, computed, pushed)  # fmt: skip
 
 
 def run_worker(argv: list[str]) -> None:
@@ -236,19 +254,60 @@ def run_worker(argv: list[str]) -> None:
             runner.run(token)
 
 
-def main(argv: list[str]) -> None:
-    """`superexec ARGS` (Flower's flower-superexec, warm and with adaptive polling) or `worker ARGS`."""
-    if argv[:1] == ["worker"]:
-        run_worker(argv[1:])
-        return
-    if argv[:1] != ["superexec"]:
-        raise SystemExit("usage: python -m learner.warm_clientapp {superexec|worker} ARGS...")
+def superexec_address(supernode_argv: list[str]) -> tuple[str, Path, Path]:
+    """(Runtime API address, its CA, the SuperExec secret file) from the SuperNode's own arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--ssl-ca-certfile", required=True, type=Path)
+    parser.add_argument("--superexec-auth-secret-file", required=True, type=Path)
+    known, _rest = parser.parse_known_args(supernode_argv)
+    return f"{known.host}:{known.port}", known.ssl_ca_certfile, known.superexec_auth_secret_file
+
+
+def serve_tasks(runtime_api_address: str, root_certificates: Path, secret_file: Path) -> None:
+    """The SuperExec's loop, in a thread of the SuperNode's process; its end ends the process."""
+    try:
+        module = hooked_module(SUPEREXEC_MODULE, ("run_superexec", "register_signal_handlers"))
+        # Signals are the SuperNode's (main thread): its exit ends this daemon thread too.
+        module.register_signal_handlers = lambda *args, **kwargs: None
+        host, _, port = runtime_api_address.rpartition(":")
+        if not wait_until(lambda: port_open(host, int(port)), 60):
+            raise RuntimeError(f"the SuperNode's Runtime API at {runtime_api_address} did not open in 60 s")
+        module.run_superexec(
+            runtime_api_address=runtime_api_address,
+            insecure=False,
+            root_certificates_path=str(root_certificates),
+            superexec_auth_secret=load_superexec_auth_secret(secret_file=str(secret_file)),
+        )
+    except BaseException as failure:  # flwr_exit raises SystemExit: in a thread it would end the thread only
+        flower_log(ERROR, "SuperExec stopped: %s", failure, exc_info=failure)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_supernode(argv: list[str]) -> None:
+    """Flower's flower-supernode with adaptive polling, its warm SuperExec in a thread of the same process."""
+    address, root_certificates, secret_file = superexec_address(argv)
+    install_adaptive_polling("flower-supernode")
     install_adaptive_polling("flower-superexec")
     install()
-    from flwr.supercore.cli import flower_superexec
+    threading.Thread(
+        target=serve_tasks, args=(address, root_certificates, secret_file), name="superexec", daemon=True
+    ).start()
+    from flwr.supernode.cli import flower_supernode
 
-    sys.argv = ["flower-superexec", *argv[1:]]
-    flower_superexec()
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+def main(argv: list[str]) -> None:
+    """`supernode ARGS` (Flower's flower-supernode with its warm SuperExec) or `worker ARGS`."""
+    if argv[:1] == ["worker"]:
+        run_worker(argv[1:])
+    elif argv[:1] == ["supernode"]:
+        run_supernode(argv[1:])
+    else:
+        raise SystemExit("usage: python -m learner.warm_clientapp {supernode|worker} ARGS...")
 
 
 if __name__ == "__main__":
