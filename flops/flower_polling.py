@@ -38,6 +38,11 @@ FLOWER_VERSION = "1.41.0"
 SUPERNODE_MODULE = "flwr.supernode.start_client_internal"
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
 GRID_MODULE = "flwr.superlink.grid.http_grid"
+OBJECTS_MODULE = "flwr.supercore.inflatable.inflatable_utils"
+FIRST_OBJECT_RETRY_S = 0.01
+"""An object that is not there yet is asked for again after this, then twice as long each time..."""
+OBJECT_RETRY_CAP_S = 0.25
+"""... up to this (Flower: 1 s, then doubling up to 10 s, at most 500 tries)."""
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +177,34 @@ def hook_grid() -> SleepProxy:
     return proxy
 
 
-HOOKS: dict[str, Callable[[], SleepProxy]] = {
+def hook_object_pulls() -> None:
+    """Message objects not there yet are asked for again after 10 ms, not Flower's 1 s.
+
+    A SuperNode makes a message's task visible before it has pulled the message's objects from the
+    SuperLink, and a reply's message reaches the SuperLink before its objects: a fast SuperExec or
+    ServerApp asks too early, and Flower's retry of an object (`pull_objects`, exponential from
+    PULL_INITIAL_BACKOFF = 1 s, doubling up to 10 s) then costs a second or more, and three such
+    waits follow each other on a message's way (ServerApp -> SuperLink -> SuperNode -> ClientApp).
+    Retries now start after 10 ms and double up to 250 ms; the number of tries is no longer bounded
+    (500 tries of 250 ms would give up on a large model's slow upload), the time still is: Flower's
+    PULL_MAX_TIME, 2 hours.
+    """
+    module = hooked_module(OBJECTS_MODULE, ("pull_objects", "pull_and_inflate_object_from_tree"))
+    for function in (module.pull_objects, module.pull_and_inflate_object_from_tree):
+        defaults = function.__kwdefaults__ or {}
+        if not {"initial_backoff", "backoff_cap", "max_tries_per_object", "max_time"} <= defaults.keys():
+            raise RuntimeError(
+                f"Flower {flwr.__version__}: {OBJECTS_MODULE}.{function.__name__} has other retry settings; "
+                f"the hooks of flops.flower_polling were written for Flower {FLOWER_VERSION}: update them"
+            )
+        defaults.update(initial_backoff=FIRST_OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S, max_tries_per_object=None)
+
+
+HOOKS: dict[str, Callable[[], object]] = {
     "flower-supernode": hook_supernode,
     "flower-superexec": hook_superexec,
     "grid": hook_grid,
+    "object-pulls": hook_object_pulls,
 }
 # Flower's console scripts this module runs with their hook: (module, function).
 ENTRY_POINTS = {
@@ -186,14 +215,15 @@ _installed: set[str] = set()
 
 
 def install(component: str) -> bool:
-    """Hook `component` (a key of HOOKS) in this process, once; False (Flower's polling) on another
-    Flower version than the pinned one."""
+    """Hook `component` (a key of HOOKS) and the object pulls in this process, once; False (Flower's
+    polling) on another Flower version than the pinned one."""
     if flwr.__version__ != FLOWER_VERSION:
         log.warning("Flower %s is not %s: %s keeps Flower's fixed polling", flwr.__version__, FLOWER_VERSION, component)
         return False
-    if component not in _installed:
-        HOOKS[component]()
-        _installed.add(component)
+    for name in (component, "object-pulls"):  # every hooked process pulls message objects
+        if name not in _installed:
+            HOOKS[name]()
+            _installed.add(name)
     return True
 
 

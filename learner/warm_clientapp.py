@@ -242,6 +242,7 @@ def run_worker(argv: list[str]) -> None:
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
+    install_adaptive_polling("object-pulls")
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     certificates = validate_and_resolve_root_certificates(

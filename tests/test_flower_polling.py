@@ -101,6 +101,9 @@ import importlib, time
 from flops import flower_polling
 supernode = importlib.import_module(flower_polling.SUPERNODE_MODULE)
 supernode._pull_and_store_message = lambda **_: 7  # a pulled message of run 7, without a SuperLink
+objects = importlib.import_module(flower_polling.OBJECTS_MODULE)
+pulls = (objects.pull_objects, objects.pull_and_inflate_object_from_tree)
+assert all(f.__kwdefaults__["initial_backoff"] == 1 for f in pulls), "Flower's first retry of an object: 1 s"
 for component in ("flower-supernode", "flower-superexec", "grid"):
     assert flower_polling.install(component)
     assert flower_polling.install(component)  # once per process
@@ -116,6 +119,8 @@ grid = importlib.import_module(flower_polling.GRID_MODULE)
 assert grid.HttpGrid.send_and_receive.__wrapped__
 superexec = importlib.import_module(flower_polling.SUPEREXEC_MODULE)
 assert 1.0 in superexec.time.backoffs
+assert all(f.__kwdefaults__["initial_backoff"] == flower_polling.FIRST_OBJECT_RETRY_S for f in pulls)
+assert all(f.__kwdefaults__["max_tries_per_object"] is None and f.__kwdefaults__["max_time"] == 7200 for f in pulls)
 print(idle, after_message, waited)
 """
 
