@@ -12,6 +12,7 @@ processes that map them: what the learners really take together), with the RSS o
 
     python bench/scale.py --quick   # N = 20 learners x 3 rounds
     python bench/scale.py --full    # N = 5, 20, 50 (larger N skipped when memory would not suffice)
+    python bench/scale.py --learners 50   # only N = 50, 3 rounds
 """
 
 import argparse
@@ -221,9 +222,11 @@ def one_scale(work: Path, learners: int, rounds: int, tracking: str) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_arguments(parser, "N = 20 learners x 3 rounds", "N = 5, 20, 50 learners x 3 rounds")
+    parser.add_argument("--learners", type=int, nargs="+", help="these learner counts instead of the mode's")
     args = parser.parse_args()
     mode = mode_of(args)
     counts, rounds = PLANS[mode]
+    counts = args.learners or counts
     offline_env()
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -1,7 +1,8 @@
 """The Flower processes the aggregator and the learners run beside their SuperLink / SuperNode.
 
-Both run Flower in `process` isolation with a SuperExec they start themselves and a shared
-secret only the two processes read (a 0600 file): Flower's own `subprocess` isolation ignores
+Both run Flower in `process` isolation with a SuperExec of their own (the aggregator's is a
+process, a learner's a thread of its SuperNode: `learner.warm_clientapp`) and a shared secret only
+they read (a 0600 file): Flower's own `subprocess` isolation ignores
 the secret, and then anyone who reaches the Runtime API could acquire the run's task and read
 its app (the customer's code) and messages. The secret travels as a file path, never as a value.
 """
