@@ -31,6 +31,7 @@ from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
 from flops.flower_polling import install as install_adaptive_polling
+from flops.flower_polling import retry_timeouts
 from flops.ml_repo.inert_mlflow import inert_mlflow
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
@@ -354,6 +355,8 @@ def wait_for_learners(grid: Grid, spec: TrainingSpec, progress: ProgressLog) -> 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     install_adaptive_polling("grid")
+    # The grid and its retries were made before this function runs: they get the hook themselves.
+    retry_timeouts(getattr(grid, "_retry_invoker", None))
     spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
     settings = ServerAppSettings.from_env(os.environ)
     state_dir = settings.state_dir or Path.cwd() / ".flops" / spec.project_id

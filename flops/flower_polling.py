@@ -24,6 +24,7 @@ the hooks are checked against the new version's loops.
 
 import functools
 import importlib
+import inspect
 import logging
 import sys
 import time
@@ -39,6 +40,7 @@ SUPERNODE_MODULE = "flwr.supernode.start_client_internal"
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
 GRID_MODULE = "flwr.superlink.grid.http_grid"
 OBJECTS_MODULE = "flwr.supercore.inflatable.inflatable_utils"
+RETRY_MODULE = "flwr.supercore.retry.retry_invoker"
 FIRST_OBJECT_RETRY_S = 0.01
 """An object that is not there yet is asked for again after this, then twice as long each time..."""
 OBJECT_RETRY_CAP_S = 0.25
@@ -200,12 +202,54 @@ def hook_object_pulls() -> None:
         defaults.update(initial_backoff=FIRST_OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S, max_tries_per_object=None)
 
 
+def hook_timeouts_retried() -> None:
+    """A request that timed out is tried again, as a refused connection is.
+
+    Flower's HTTP retry (`make_simple_http_retry_invoker`) gives up on every error whose text
+    names SSL or TLS, to stop at once on a wrong certificate; but an overloaded SuperLink's TLS
+    handshake that times out ("_ssl.c: The handshake operation timed out") is transient, and giving
+    up on it failed a whole training of 50 learners on one machine. Every `RetryInvoker` made in
+    this process now treats a timeout (httpx.TimeoutException) as recoverable.
+    """
+    module = hooked_module(RETRY_MODULE, ("RetryInvoker.__init__",))
+    original_init = module.RetryInvoker.__init__
+    if "should_giveup" not in inspect.signature(original_init).parameters:
+        raise RuntimeError(
+            f"Flower {flwr.__version__}: RetryInvoker takes no should_giveup; the hooks of "
+            f"flops.flower_polling were written for Flower {FLOWER_VERSION}: update them"
+        )
+
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        retry_timeouts(self)
+
+    module.RetryInvoker.__init__ = init
+
+
+def retry_timeouts(invoker: Any) -> None:
+    """Make one (existing) RetryInvoker try a timed-out request again (see `hook_timeouts_retried`)."""
+    import httpx
+
+    gives_up = getattr(invoker, "should_giveup", None)
+    if gives_up is not None and not getattr(gives_up, "retries_timeouts", False):
+
+        def should_giveup(error: Exception) -> bool:
+            return not isinstance(error, httpx.TimeoutException) and bool(gives_up(error))
+
+        should_giveup.retries_timeouts = True  # type: ignore[attr-defined]
+        invoker.should_giveup = should_giveup
+
+
 HOOKS: dict[str, Callable[[], object]] = {
     "flower-supernode": hook_supernode,
     "flower-superexec": hook_superexec,
     "grid": hook_grid,
     "object-pulls": hook_object_pulls,
+    "timeouts-retried": hook_timeouts_retried,
 }
+# Installed with every component: each hooked process pulls message objects and retries requests.
+TRANSPORT_HOOKS = ("object-pulls", "timeouts-retried")
 # Flower's console scripts this module runs with their hook: (module, function).
 ENTRY_POINTS = {
     "flower-supernode": ("flwr.supernode.cli", "flower_supernode"),
@@ -215,12 +259,12 @@ _installed: set[str] = set()
 
 
 def install(component: str) -> bool:
-    """Hook `component` (a key of HOOKS) and the object pulls in this process, once; False (Flower's
-    polling) on another Flower version than the pinned one."""
+    """Hook `component` (a key of HOOKS) and the TRANSPORT_HOOKS in this process, once; False
+    (Flower's polling) on another Flower version than the pinned one."""
     if flwr.__version__ != FLOWER_VERSION:
         log.warning("Flower %s is not %s: %s keeps Flower's fixed polling", flwr.__version__, FLOWER_VERSION, component)
         return False
-    for name in (component, "object-pulls"):  # every hooked process pulls message objects
+    for name in (component, *TRANSPORT_HOOKS):
         if name not in _installed:
             HOOKS[name]()
             _installed.add(name)

@@ -66,6 +66,7 @@ from flops.flower_polling import install as install_adaptive_polling
 from flops.net import port_open, wait_until
 
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
+WORKER_NICENESS = 10
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,10 @@ def run_worker(argv: list[str]) -> None:
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
-    install_adaptive_polling("object-pulls")
+    install_adaptive_polling("object-pulls")  # with the other transport hooks
+    # Flower's messaging in this learner and beside it (on one machine: the SuperLink) comes first;
+    # the user's training is batch work.
+    os.nice(WORKER_NICENESS)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     certificates = validate_and_resolve_root_certificates(

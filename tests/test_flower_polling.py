@@ -121,6 +121,11 @@ superexec = importlib.import_module(flower_polling.SUPEREXEC_MODULE)
 assert 1.0 in superexec.time.backoffs
 assert all(f.__kwdefaults__["initial_backoff"] == flower_polling.FIRST_OBJECT_RETRY_S for f in pulls)
 assert all(f.__kwdefaults__["max_tries_per_object"] is None and f.__kwdefaults__["max_time"] == 7200 for f in pulls)
+import httpx
+from flwr.supercore.retry import make_simple_http_retry_invoker
+retry = make_simple_http_retry_invoker()
+assert not retry.should_giveup(httpx.ConnectTimeout("_ssl.c:989: The handshake operation timed out"))
+assert retry.should_giveup(httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
 print(idle, after_message, waited)
 """
 
