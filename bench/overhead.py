@@ -1,11 +1,17 @@
-"""Overhead of FLOps over plain Flower: the same model, data split and rounds, run both ways.
+"""Overhead of FLOps over plain Flower: the same model, data split and rounds, run both ways, interleaved.
 
 Plain: a SuperLink, two SuperNodes and `flwr run` of a minimal app that calls the same
-ModelManager (bench/plain_flower). FLOps: `flops train` of examples/digits-sklearn with
-MLflow tracking, checkpoints and local evaluation. Reports per-round medians and the ratio.
+ModelManager (bench/plain_flower), all with Flower 1.41's defaults: its own polling, SuperNodes
+with `--isolation subprocess` (a fresh `flwr-clientapp` per message), FedAvg with a train and
+an evaluate phase each round. FLOps: `flops train` of examples/digits-sklearn (warm learners,
+one message per round, adaptive polling, MLflow tracking, checkpoints, local evaluation).
+Repetitions alternate which side goes first. Reports the median round of each, the mean round
+(training time / rounds) of each and the ratios; then, through the real manager as
+bench/e2e.py does, one cold project (it builds) and one warm project (the same commit again)
+and their POST-to-completed times.
 
-    python bench/overhead.py --quick   # 2 repetitions x 3 rounds each way
-    python bench/overhead.py --full    # 5 repetitions x 5 rounds
+    python bench/overhead.py --quick   # 2 repetitions x 3 rounds each way, 1 cold + 1 warm project (about 6 min)
+    python bench/overhead.py --full    # 5 repetitions x 5 rounds, 1 cold + 1 warm project of 5 rounds
 """
 
 import argparse
@@ -18,111 +24,220 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BIN, median, observatory, offline_env, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    EXAMPLES,
+    EmbeddedStack,
+    add_mode_arguments,
+    make_git_repo,
+    median,
+    mode_of,
+    observatory,
+    offline_env,
+    table,
+    write_result,
+)
+from bench.e2e import LEARNERS, one_project  # noqa: E402
+from flops.config import SOURCES_FOLDER  # noqa: E402
 from flops.data.partition import partition  # noqa: E402
-from flops.net import free_port, wait_until  # noqa: E402
+from flops.net import free_port, port_open, wait_until  # noqa: E402
 from flops.processes import ManagedProcess  # noqa: E402
 
-EXAMPLE = ROOT / "examples" / "digits-sklearn"
+EXAMPLE = EXAMPLES / "digits-sklearn"
+# (repetitions, rounds per run and per project)
+PLANS = {"quick": (2, 3), "full": (5, 5), "smoke": (1, 2)}
+ENV_REUSED_S = 5.0  # a cached environment takes milliseconds to find, a built one tens of seconds
+# `flwr run`'s own code, as tests/test_warm_learner.py and the aggregator call it (the `flwr`
+# console script needs a newer typer than the one amqtt allows beside it).
+FLWR_RUN = """
+import sys
+from flwr.cli.run.run import run
+run(app=sys.argv[1], superlink="bench", federation=None, run_config_overrides=[sys.argv[2]],
+    federation_config_overrides=None, stream=False, output_format="default")
+"""
+# ManagedProcess (flops.runtime_env.process_env) sets SuperExec's task poll to 0.25 s; plain Flower gets its default.
+FLOWER_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
 
 
-def plain_run(work: Path, data: Path, rounds: int) -> list[float]:
+def plain_run(work: Path, data: Path, rounds: int) -> dict[str, Any]:
+    """One plain Flower run; each round from the end of the one before (round 1: from the strategy's start)."""
     app = work / "plain-app"
     shutil.copytree(ROOT / "bench" / "plain_flower", app)
     for source in EXAMPLE.glob("*.py"):
         shutil.copy(source, app / source.name)
-    text = (app / "pyproject.toml").read_text().replace("num-rounds = 3", f"num-rounds = {rounds}")
-    (app / "pyproject.toml").write_text(text)
     home = work / "flwr-home"
     home.mkdir()
-    port = free_port()
+    port = free_port()  # Flower 1.41's SuperLink serves every API on one port
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     round_log = work / "rounds.log"
-    env = {"FLWR_HOME": str(home), "BENCH_ROUND_LOG": str(round_log)}
+    env = {"FLWR_HOME": str(home), "BENCH_ROUND_LOG": str(round_log), **FLOWER_DEFAULTS}
     superlink = ManagedProcess(
         "superlink",
         [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
          "--disable-runtime-dependency-installation"],
         work / "superlink.log", env=env,
     )  # fmt: skip
-    nodes = [
-        ManagedProcess(
-            f"node-{i}",
-            [
-                str(BIN / "flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--port",
-                str(free_port()),
-                "--node-config",
-                f'data-dir="{data / f"node-{i}"}"',
-            ],
-            work / f"node-{i}.log",
-            env=env,
-        )
-        for i in (1, 2)
-    ]
+    nodes: list[ManagedProcess] = []
     try:
-        time.sleep(3)
-        subprocess.run([str(BIN / "flwr"), "run", str(app), "bench"], env={**os.environ, **env}, check=True,
-                       capture_output=True)  # fmt: skip
-        wait_until(lambda: round_log.is_file() and len(round_log.read_text().splitlines()) > rounds, 900, 0.5)
+        if not wait_until(lambda: port_open("127.0.0.1", port), 60, 0.2):
+            raise RuntimeError(f"the SuperLink did not start:\n{superlink.log_tail()}")
+        for i in range(1, LEARNERS + 1):
+            nodes.append(ManagedProcess(
+                f"node-{i}",
+                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                 "--port", str(free_port()), "--node-config", f'data-dir="{data / f"node-{i}"}"'],
+                work / f"node-{i}.log", env=env,
+            ))  # fmt: skip
+
+        def registered() -> bool:  # else FedAvg's first sampling waits for them inside round 1
+            return superlink.log_path.read_text(errors="replace").count("[Fleet.ActivateNode] Activated") >= LEARNERS
+
+        if not wait_until(registered, 120, 0.2):
+            raise RuntimeError(f"the SuperNodes did not register:\n{superlink.log_tail()}")
+        started = subprocess.run(
+            [sys.executable, "-c", FLWR_RUN, str(app), f"num-rounds={rounds}"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        if started.returncode != 0:
+            raise RuntimeError(f"flwr run failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}")
+
+        def finished() -> bool:
+            return round_log.is_file() and len(round_log.read_text().splitlines()) > rounds
+
+        if not wait_until(finished, 900, 0.5):
+            raise RuntimeError(f"the plain run did not finish {rounds} rounds:\n{superlink.log_tail(40)}")
     finally:
         for process in [*nodes, superlink]:
             process.stop()
     marks = [float(line.split()[1]) for line in round_log.read_text().splitlines()]
-    return [b - a for a, b in itertools.pairwise(marks)]
+    return {"round_s": [b - a for a, b in itertools.pairwise(marks)], "total_s": marks[-1] - marks[0]}
 
 
-def flops_run(work: Path, data: Path, rounds: int, tracking: str) -> list[float]:
+def flops_run(home: Path, data: Path, rounds: int, tracking: str) -> dict[str, Any]:
+    """One `flops train`; its rounds' `duration_s` (from configure_train of a round to its aggregation)."""
     result = subprocess.run(
-        [str(BIN / "flops"), "train", str(EXAMPLE), "--data-dir", str(data), "--learners", "2",
+        [str(BIN / "flops"), "train", str(EXAMPLE), "--data-dir", str(data), "--learners", str(LEARNERS),
          "--rounds", str(rounds), "--tracking-uri", tracking, "--json"],
-        capture_output=True, text=True, env={**os.environ, "FLOPS_HOME": str(work / "flops-home")}, check=False,
+        capture_output=True, text=True, env={**os.environ, "FLOPS_HOME": str(home)}, check=False,
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return [r["duration_s"] for r in summary["rounds"]]
+    durations = [float(r["duration_s"]) for r in summary["rounds"]]
+    return {"round_s": durations, "total_s": sum(durations), "summary_duration_s": summary["duration_s"]}
+
+
+def projects(work: Path, rounds: int) -> list[dict[str, Any]]:
+    """A cold and a warm project of examples/digits-sklearn through the manager (bench/e2e.py's `one_project`)."""
+    home = work / "home"
+    # A local repository must be under FLOPS_HOME/sources (the manager's default FLOPS_REPO_LOCAL_ROOTS).
+    repo = make_git_repo(EXAMPLE, home / SOURCES_FOLDER / "digits-sklearn")
+    runs: list[dict[str, Any]] = []
+    with EmbeddedStack(home) as stack:
+        nodes = stack.client.mocks("digits", LEARNERS, "digits")
+        print(f"stack up in {stack.up_s:.1f} s, node data {nodes}", flush=True)
+        # A warm project whose environments were built again (their key includes FLOps's source:
+        # an edit to the checkout in between) is tried once more.
+        for kind in ("cold", "warm", "warm"):
+            if kind == "warm" and runs[-1]["kind"] == "warm" and environments_reused(runs[-1]):
+                break
+            run = one_project(stack, repo, rounds, kind)
+            runs.append(run)
+            print(f"  {kind}: POST to completed {run['post_to_completed_s']:.1f} s, building "
+                  f"{run['stages_s'].get('building', 0):.1f} s (environments reused: {environments_reused(run)})",
+                  flush=True)  # fmt: skip
+    return runs
+
+
+def environments_reused(run: dict[str, Any]) -> bool:
+    """Whether a project's build found its learner and aggregator environments cached.
+
+    Not the build's `reused`: the manager removes the build folders of ended projects when the
+    next build starts (`flops_manager.disk.sweep_builds`), and bench/e2e.py cancels each project
+    once completed, so a warm submit makes a new build folder around the cached environments.
+    """
+    stages = run.get("build_stage_s") or {}
+    return float(stages.get("learner_env", 0)) + float(stages.get("aggregator_env", 0)) < ENV_REUSED_S
+
+
+def ratio_of(ours: float | None, plain: float | None) -> float | None:
+    return ours / plain if ours and plain else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 repetitions x 3 rounds (default)")
-    parser.add_argument("--full", action="store_true", help="5 repetitions x 5 rounds")
+    add_mode_arguments(parser, "2 repetitions x 3 rounds, 1 cold + 1 warm project", "5 repetitions x 5 rounds")
     args = parser.parse_args()
-    reps, rounds = (5, 5) if args.full else (2, 3)
+    mode = mode_of(args)
+    reps, rounds = PLANS[mode]
     offline_env()
-    with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
+    began = time.monotonic()
+    plain: list[dict[str, Any]] = []
+    ours: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    error: str | None = None
+    with tempfile.TemporaryDirectory(prefix="flops-bench-overhead-") as tmp:
         work = Path(tmp)
         data = work / "data"
-        partition("digits", 2, "digits", data)
-        plain: list[float] = []
-        ours: list[float] = []
+        partition("digits", LEARNERS, "digits", data)
         with observatory(work) as tracking:
-            for rep in range(reps):  # alternate, so drift on a shared machine hits both alike
-                plain += plain_run(work / f"plain-{rep}", data, rounds)
-                ours += flops_run(work / f"flops-{rep}", data, rounds, tracking)
-                print(f"rep {rep + 1}/{reps}: plain {plain[-rounds:]} flops {ours[-rounds:]}", flush=True)
-    plain_median, ours_median = median(plain), median(ours)
-    assert plain_median and ours_median
-    ratio = ours_median / plain_median
-    print(f"\n{'':24}{'plain Flower':>14}{'FLOps':>10}")
-    print(f"{'median round (s)':24}{plain_median:>14.2f}{ours_median:>10.2f}")
-    print(f"{'overhead':24}{'':>14}{(ratio - 1) * 100:>9.1f}%")
+            # One FLOPS_HOME for every `flops train`: the first builds, the others reuse the build.
+            for rep in range(reps):  # interleaved, and alternating who goes first: drift hits both alike
+                for side in ("plain", "flops") if rep % 2 == 0 else ("flops", "plain"):
+                    if side == "plain":
+                        plain.append(plain_run(work / f"plain-{rep}", data, rounds))
+                    else:
+                        ours.append(flops_run(work / "flops-home", data, rounds, tracking))
+                print(f"rep {rep + 1}/{reps}: plain {[round(d, 2) for d in plain[-1]['round_s']]} "
+                      f"flops {[round(d, 2) for d in ours[-1]['round_s']]}", flush=True)  # fmt: skip
+        overhead_s = time.monotonic() - began
+        try:
+            runs = projects(work, rounds)
+        except Exception as failure:  # the round figures above still count
+            error = f"{type(failure).__name__}: {failure}"
+            print(f"projects failed: {error}", flush=True)
+    bench_s = time.monotonic() - began
+    plain_rounds = [d for run in plain for d in run["round_s"]]
+    our_rounds = [d for run in ours for d in run["round_s"]]
+    plain_median, ours_median = median(plain_rounds), median(our_rounds)
+    plain_mean = sum(run["total_s"] for run in plain) / (reps * rounds)
+    ours_mean = sum(run["total_s"] for run in ours) / (reps * rounds)
+    ratio, mean_ratio = ratio_of(ours_median, plain_median), ratio_of(ours_mean, plain_mean)
+    cold = next((r for r in runs if r["kind"] == "cold"), None)
+    warm = next((r for r in reversed(runs) if r["kind"] == "warm"), None)
+    rows: list[list[Any]] = [
+        ["median round (s)", plain_median, ours_median, ratio],
+        ["training time / rounds (s)", plain_mean, ours_mean, mean_ratio],
+        ["warm project, POST to completed (s)", None, warm["post_to_completed_s"] if warm else None, None],
+        ["cold project, POST to completed (s)", None, cold["post_to_completed_s"] if cold else None, None],
+    ]
+    print(f"\n{LEARNERS} learners, {reps} repetitions x {rounds} rounds each way ({mode})")
+    print(table(["", "plain Flower", "FLOps", "FLOps / plain"], rows))
+    if warm is not None and not environments_reused(warm):
+        print("warning: the warm project built its environments again (an edit to the checkout during the run?)")
+    print(f"bench took {bench_s:.0f} s (rounds {overhead_s:.0f} s, projects {bench_s - overhead_s:.0f} s)")
     path = write_result(
         "overhead",
-        {"repetitions": reps, "rounds": rounds, "plain_round_s": plain, "flops_round_s": ours,
-         "plain_median_s": plain_median, "flops_median_s": ours_median, "ratio": ratio},
+        {"mode": mode, "repetitions": reps, "rounds": rounds, "learners": LEARNERS,
+         "plain_round_s": plain_rounds, "flops_round_s": our_rounds,
+         "plain_total_s": [run["total_s"] for run in plain], "flops_total_s": [run["total_s"] for run in ours],
+         "flops_summary_duration_s": [run["summary_duration_s"] for run in ours],
+         "plain_median_s": plain_median, "flops_median_s": ours_median, "ratio": ratio,
+         "plain_mean_round_s": plain_mean, "flops_mean_round_s": ours_mean, "mean_ratio": mean_ratio,
+         "warm_post_to_completed_s": warm["post_to_completed_s"] if warm else None,
+         "cold_post_to_completed_s": cold["post_to_completed_s"] if cold else None,
+         "projects": runs, "projects_error": error, "bench_s": bench_s},
     )  # fmt: skip
     print(f"results: {path}")
+    if error:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

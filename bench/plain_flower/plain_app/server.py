@@ -1,4 +1,9 @@
-"""Plain Flower ServerApp: FedAvg over the example's ModelManager; logs each round's end time."""
+"""Plain Flower ServerApp: FedAvg over the example's ModelManager with Flower's defaults.
+
+Logs a timestamp when the strategy starts (round 0) and at each round's end: Flower 1.41's
+`Strategy.start` calls `evaluate_fn` before round 1 and after each round's train phase,
+aggregation and evaluate phase. bench/overhead.py reads the marks.
+"""
 
 import os
 import time
