@@ -33,6 +33,7 @@ from bench.common import (  # noqa: E402
     table,
     write_result,
 )
+from flops.config import SOURCES_FOLDER  # noqa: E402
 
 STAGES = ("building", "deploying", "training", "post_training")
 LEARNERS = 2
@@ -99,7 +100,8 @@ def main() -> None:
     for index, count in enumerate(per_stack):
         with tempfile.TemporaryDirectory(prefix="flops-bench-e2e-") as tmp:
             work = Path(tmp)
-            repo = make_git_repo(EXAMPLES / "digits-sklearn", work / "repos" / "digits-sklearn")
+            # A local repository must be under FLOPS_HOME/sources (the manager's default FLOPS_REPO_LOCAL_ROOTS).
+            repo = make_git_repo(EXAMPLES / "digits-sklearn", work / "home" / SOURCES_FOLDER / "digits-sklearn")
             with EmbeddedStack(work / "home") as stack:
                 stack_up_s.append(stack.up_s)
                 nodes = stack.client.mocks("digits", LEARNERS, "digits")
