@@ -223,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_arguments(parser, "N = 20 learners x 3 rounds", "N = 5, 20, 50 learners x 3 rounds")
     parser.add_argument("--learners", type=int, nargs="+", help="these learner counts instead of the mode's")
+    parser.add_argument("--keep", type=Path, help="work (and keep every log) in this folder instead of a temporary one")
     args = parser.parse_args()
     mode = mode_of(args)
     counts, rounds = PLANS[mode]
@@ -231,8 +232,8 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="flops-bench-scale-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        work = args.keep or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="flops-bench-scale-")))
         with observatory(work) as tracking:
             for learners in counts:
                 needed = _memory_needed_mb(results, learners)
