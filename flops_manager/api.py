@@ -347,7 +347,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         try:
             body = MockRequest.model_validate(document(yaml_allowed=False))
         except ValidationError as error:
-            raise ApiError(422, "invalid mock data request", error.errors(include_url=False)) from error
+            raise ApiError(422, "invalid mock data request", _problems(error)) from error
         principal: Principal = g.principal
         owner = submitting_customer(body.customer_id)
         config = body.mock_data_configuration
@@ -357,6 +357,12 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                 f"number_of_partitions is {config.number_of_partitions}, and this manager makes at most "
                 f"{limits.max_mock_nodes} node folders (FLOPS_MAX_MOCK_NODES)",
                 {"field": "mock_data_configuration.number_of_partitions", "maximum": limits.max_mock_nodes},
+            )
+        if not principal.is_admin and config.number_of_clusters is not None:
+            raise ApiError(
+                403,
+                "the nodes' clusters are the operator's topology: only the admin token sets number_of_clusters",
+                {"field": "mock_data_configuration.number_of_clusters"},
             )
         if not principal.is_admin and config.dataset_name not in BUNDLED_DATASETS:
             raise ApiError(
@@ -387,7 +393,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                     return partition(
                         config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
                         config.scheme, config.alpha, config.seed, allow_files=False,
-                        ownership=TagOwnership(owner=owner, shared=config.shared),
+                        ownership=TagOwnership(owner=owner, shared=config.shared), clusters=config.number_of_clusters,
                     )  # fmt: skip
                 except DatasetUnavailableError as error:
                     raise ApiError(422, str(error), {"available": list(BUNDLED_DATASETS)}) from error
@@ -417,7 +423,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         try:
             body = TokenRequest.model_validate(document(yaml_allowed=False))
         except ValidationError as error:
-            raise ApiError(422, "invalid token request", error.errors(include_url=False)) from error
+            raise ApiError(422, "invalid token request", _problems(error)) from error
         try:
             token = tokens.create_customer_token(body.customer_id)
         except ValueError as error:
@@ -576,3 +582,8 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
         }
     )  # fmt: skip
     return view
+
+
+def _problems(error: ValidationError) -> list[Any]:
+    """A body's validation problems as JSON (a model validator's context holds the exception itself)."""
+    return list(error.errors(include_url=False, include_context=False))

@@ -1,6 +1,6 @@
 """The request bodies of the API besides the SLA (`flops.sla.ProjectSLA`): mock data and tokens."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flops.data.partition import Scheme
 
@@ -20,6 +20,18 @@ class MockDataConfiguration(BaseModel):
     one_mock_service_per_partition: bool = False
     # Ours: every customer may train on the tag (its owner and the admin may overwrite it).
     shared: bool = False
+    # Ours: the nodes' clusters for hierarchical training (node.yaml, `flops.data.node_meta`);
+    # absent: the nodes keep theirs. The clusters are the operator's topology: admin only.
+    number_of_clusters: int | None = Field(default=None, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _clusters_have_nodes(self) -> "MockDataConfiguration":
+        if self.number_of_clusters is not None and self.number_of_clusters > self.number_of_partitions:
+            raise ValueError(
+                f"number_of_clusters ({self.number_of_clusters}) is more than number_of_partitions "
+                f"({self.number_of_partitions}): every cluster needs a node"
+            )
+        return self
 
 
 class MockRequest(BaseModel):

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from flask.testing import FlaskClient
 
+from flops.data.node_meta import clusters_of
 from flops.mqtt import MqttSettings
 from flops_manager.api import create_app
 from flops_manager.auth import TokenService
@@ -356,3 +357,17 @@ def test_dry_run_stops_a_check_that_takes_too_long(
     assert 3.0 <= elapsed < 10.0
     assert (builder_processes(), project_ids(api)) == before  # the builder and its git were killed
     assert dry_run_leftovers(api) == []
+
+
+def test_mocks_assign_clusters_for_the_admin_only(api: Api) -> None:
+    config = {"dataset_name": "iris", "number_of_partitions": 4, "data_tag": "hfl", "number_of_clusters": 2}
+    made = api.call("POST", "/api/flops/mocks", json={"mock_data_configuration": config})
+    assert made.status_code == 200, made.get_json()
+    assert clusters_of(Path(api.settings.nodes_dir))["cluster-2"] == ["node-3", "node-4"]
+    five = {**config, "number_of_clusters": 5}
+    too_many = api.call("POST", "/api/flops/mocks", json={"mock_data_configuration": five})
+    assert too_many.status_code == 422 and "every cluster needs a node" in str(too_many.get_json())
+    carol = api.call("POST", "/api/flops/tokens", json={"customer_id": "carol"}).get_json()["token"]
+    body = {"customerID": "carol", "mock_data_configuration": {**config, "data_tag": "carol-hfl"}}
+    refused = api.call("POST", "/api/flops/mocks", token=carol, json=body)
+    assert refused.status_code == 403 and refused.get_json()["details"]["field"].endswith("number_of_clusters")

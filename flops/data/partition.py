@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from flops.data.catalog import BUNDLED_DATASETS, LABEL_COLUMN, named_dataset
 from flops.data.node_files import write_node_file
+from flops.data.node_meta import NodeMeta, assign_clusters, write_node_meta
 from flops.data.ownership import TAG_META_FILE, TagOwnership, write_ownership
 
 if TYPE_CHECKING:
@@ -111,16 +112,20 @@ def partition(
     label_column: str = LABEL_COLUMN,
     allow_files: bool = True,
     ownership: TagOwnership | None = None,
+    clusters: int | None = None,
 ) -> dict[str, Counter[int]]:
     """Write one partition per node to `out/<node>/<tag>/`; return each node's label counts.
 
     `source` is a data set name or (unless `allow_files` is False) a CSV/Parquet file. The tag
     is replaced: its folders on nodes beyond `nodes` (left by an earlier, larger partition) are
     removed. With `ownership`, each tag folder records it (`flops.data.ownership`); without,
-    the tag is the operator's.
+    the tag is the operator's. With `clusters`, each node folder's `node.yaml` records its cluster
+    (`flops.data.node_meta.assign_clusters`: contiguous blocks); without, the files are left as
+    they are.
     """
     if nodes < 1:
         raise ValueError("--nodes must be at least 1")
+    node_clusters = assign_clusters(nodes, clusters) if clusters is not None else None
     if not tag or "/" in tag or tag.startswith("."):
         raise ValueError(f"invalid data tag '{tag}': use a plain folder name such as 'digits'")
     scheme = Scheme(scheme)
@@ -141,6 +146,8 @@ def partition(
             write_ownership(folder, ownership)
         else:
             (folder / TAG_META_FILE).unlink(missing_ok=True)
+        if node_clusters is not None:
+            write_node_meta(out / node_name(index + 1), NodeMeta(cluster=node_clusters[index]))
         histogram[node_name(index + 1)] = Counter(int(v) for v in part[label_column])
     _remove_beyond(out, tag, nodes)
     return histogram
