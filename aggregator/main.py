@@ -99,13 +99,17 @@ def write_flower_config(home: Path, address: str, ca_file: Path | None) -> None:
 def superlink_command(
     args: argparse.Namespace, port: int, control_token_file: Path, superexec_secret_file: Path
 ) -> list[str]:
-    """Flower's SuperLink behind the control-token guard, in process isolation with our SuperExec."""
+    """Flower's SuperLink behind the control-token guard, in process isolation with our SuperExec.
+
+    Its state is Flower's in-memory one: every start begins afresh anyway (`main` admits only the
+    SuperNodes it registers), and an SQLite file locked up under 50 SuperNodes on one machine
+    ("database is locked", answered with 500s).
+    """
     command = [
         sys.executable, "-m", "aggregator.superlink",
         "--control-token-file", str(control_token_file),
         "--host", args.host,
         "--port", str(port),
-        "--database", str(args.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
         "--isolation", "process",
         "--superexec-auth-secret-file", str(superexec_secret_file),

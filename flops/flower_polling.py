@@ -159,8 +159,20 @@ def hook_supernode() -> SleepProxy:
 
 
 def hook_superexec() -> SleepProxy:
-    """The SuperExec's task loop (1 s by default, FLWR_SUPEREXEC_TASK_POLL_INTERVAL)."""
-    module = hooked_module(SUPEREXEC_MODULE, ("_handle_launch_result", "_get_task_poll_interval"))
+    """The SuperExec's task loop (1 s by default, FLWR_SUPEREXEC_TASK_POLL_INTERVAL).
+
+    Also shows the output of the ServerApp processes it starts, which Flower's plugin sends to
+    /dev/null (`AutoExecPlugin.visible_output_task_types`): a ServerApp that dies before it writes
+    its summary would otherwise leave no trace of why.
+    """
+    module = hooked_module(
+        SUPEREXEC_MODULE,
+        ("_handle_launch_result", "_get_task_poll_interval", "AutoExecPlugin.visible_output_task_types"),
+    )
+    from flwr.supercore.constant import TaskType
+
+    plugin = module.AutoExecPlugin
+    plugin.visible_output_task_types = frozenset({*plugin.visible_output_task_types, TaskType.SERVER_APP})
     interval = module._get_task_poll_interval()
     tasks = Backoff(floor=min(0.01, interval), ceiling=interval)
     module._handle_launch_result = _mark_activity(module._handle_launch_result, tasks)

@@ -119,6 +119,7 @@ grid = importlib.import_module(flower_polling.GRID_MODULE)
 assert grid.HttpGrid.send_and_receive.__wrapped__
 superexec = importlib.import_module(flower_polling.SUPEREXEC_MODULE)
 assert 1.0 in superexec.time.backoffs
+assert "flwr-serverapp" in superexec.AutoExecPlugin.visible_output_task_types
 assert all(f.__kwdefaults__["initial_backoff"] == flower_polling.FIRST_OBJECT_RETRY_S for f in pulls)
 assert all(f.__kwdefaults__["max_tries_per_object"] is None and f.__kwdefaults__["max_time"] == 7200 for f in pulls)
 import httpx
