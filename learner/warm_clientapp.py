@@ -94,10 +94,13 @@ class RunWorker:
             return False
         return True
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, finish_task: bool, grace: float = 5.0) -> None:
+        """End the worker: after the task it runs (`finish_task`, up to `grace` s) or now (the SuperNode stops)."""
         if self.process.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
-                self.process.stdin.close()  # end of input: the worker finishes its task and exits
+                self.process.stdin.close()  # end of input: the worker exits after its task
+        if not finish_task and self.process.poll() is None:
+            self.process.terminate()
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -111,7 +114,7 @@ class WarmClientAppPlugin(AutoExecPlugin):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.worker: RunWorker | None = None
-        atexit.register(self.close_worker)
+        atexit.register(self.close_worker, finish_task=False)
 
     def launch_task(self, token: str, task: Task) -> LaunchResult:
         if task.type != TaskType.CLIENT_APP.value:
@@ -119,12 +122,12 @@ class WarmClientAppPlugin(AutoExecPlugin):
         for _attempt in range(2):  # a worker that died since its last task is replaced once
             if self.submit(task.run_id, token):
                 return LaunchResult.accepted()
-            self.close_worker()
+            self.close_worker(finish_task=False)  # gone already, or not answering
         return LaunchResult.failed(f"the ClientApp worker of run {task.run_id} does not start")
 
     def submit(self, run_id: int, token: str) -> bool:
         if self.worker is not None and self.worker.run_id != run_id:
-            self.close_worker()  # another run's turn: its code and data go with its process
+            self.close_worker(finish_task=True)  # another run's turn: its code and data go with its process
         if self.worker is None:
             self.worker = RunWorker(run_id, self.worker_command())
         return self.worker.submit(token)
@@ -140,9 +143,9 @@ class WarmClientAppPlugin(AutoExecPlugin):
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
 
-    def close_worker(self) -> None:
+    def close_worker(self, finish_task: bool) -> None:
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(finish_task)
             self.worker = None
 
 

@@ -123,6 +123,7 @@ def test_the_default_demo_starts_no_process_with_insecure(stack_env: dict[str, s
         output = demo.communicate(timeout=60)[0]
     assert demo.returncode == 0, output[-3000:]
     names = {Path(part).name for command in seen.values() for part in command}  # sandboxed: after bwrap's options
-    assert {"flower-supernode", "flower-superexec"} <= names, names
+    # The aggregator's SuperExec, and a learner's SuperNode (with its SuperExec in a thread).
+    assert {"flower-superexec", "learner.warm_clientapp", "supernode"} <= names, names
     offenders = [command for command in seen.values() if "--insecure" in command]
     assert not offenders, offenders
