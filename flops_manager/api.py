@@ -358,7 +358,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                 f"{limits.max_mock_nodes} node folders (FLOPS_MAX_MOCK_NODES)",
                 {"field": "mock_data_configuration.number_of_partitions", "maximum": limits.max_mock_nodes},
             )
-        if not principal.is_admin and config.number_of_clusters is not None:
+        if not principal.is_admin and config.number_of_clusters:
             raise ApiError(
                 403,
                 "the nodes' clusters are the operator's topology: only the admin token sets number_of_clusters",
@@ -393,7 +393,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
                     return partition(
                         config.dataset_name, config.number_of_partitions, config.data_tag, Path(settings.nodes_dir),
                         config.scheme, config.alpha, config.seed, allow_files=False,
-                        ownership=TagOwnership(owner=owner, shared=config.shared), clusters=config.number_of_clusters,
+                        ownership=TagOwnership(owner=owner, shared=config.shared),
+                        clusters=config.number_of_clusters or None,
                     )  # fmt: skip
                 except DatasetUnavailableError as error:
                     raise ApiError(422, str(error), {"available": list(BUNDLED_DATASETS)}) from error

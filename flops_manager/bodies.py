@@ -21,12 +21,12 @@ class MockDataConfiguration(BaseModel):
     # Ours: every customer may train on the tag (its owner and the admin may overwrite it).
     shared: bool = False
     # Ours: the nodes' clusters for hierarchical training (node.yaml, `flops.data.node_meta`);
-    # absent: the nodes keep theirs. The clusters are the operator's topology: admin only.
-    number_of_clusters: int | None = Field(default=None, ge=1, le=1000)
+    # 0 (the default): the nodes keep theirs. The clusters are the operator's topology: admin only.
+    number_of_clusters: int = Field(default=0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _clusters_have_nodes(self) -> "MockDataConfiguration":
-        if self.number_of_clusters is not None and self.number_of_clusters > self.number_of_partitions:
+        if self.number_of_clusters > self.number_of_partitions:
             raise ValueError(
                 f"number_of_clusters ({self.number_of_clusters}) is more than number_of_partitions "
                 f"({self.number_of_partitions}): every cluster needs a node"
