@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregator.environment import ServerAppSettings
 from aggregator.grace_grid import GraceGrid
@@ -175,14 +176,18 @@ class TrainingSession:
 
     def evaluated_later(self, server_round: int) -> bool:
         """Whether the global model of `server_round` is evaluated by the next round's train replies."""
-        return self.one_message_rounds and server_round < self.spec.rounds
+        return self.one_message_rounds and 1 <= server_round < self.spec.rounds
 
     def received_evaluation(self, server_round: int, replies: list[Message]) -> None:
         """The global model of `server_round` as the next round's learners evaluated it; publishes the round."""
         report = self.report(server_round)
         report.eval_examples = _examples(replies, GLOBAL_EXAMPLES_KEY)
-        report.loss = _weighted_mean(replies, GLOBAL_LOSS_KEY, GLOBAL_EXAMPLES_KEY)
-        report.accuracy = _weighted_mean(replies, GLOBAL_ACCURACY_KEY, GLOBAL_EXAMPLES_KEY)
+        # Weighted by the examples evaluated, as Flower's strategies weight an evaluate phase.
+        received = MetricRecord()
+        if report.eval_examples:  # Flower divides by the total weight
+            received = aggregate_metricrecords([reply.content for reply in replies], GLOBAL_EXAMPLES_KEY)
+        report.loss = _metric(received, GLOBAL_LOSS_KEY)
+        report.accuracy = _metric(received, GLOBAL_ACCURACY_KEY)
         self.publish(server_round)
 
     def publish(self, server_round: int) -> None:
@@ -240,8 +245,7 @@ class RoundHooks:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.session.round_started_at[server_round] = time.time()
-        evaluate_received = self.session.evaluated_later(server_round - 1) if server_round > 1 else False
-        config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: evaluate_received})
+        config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: self.session.evaluated_later(server_round - 1)})
         self.session.grid.expect_replies(self.min_train_nodes)
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
@@ -249,7 +253,7 @@ class RoundHooks:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ok = self.session.accept_replies(server_round, list(replies), self.min_train_nodes, "training")
-        if server_round > 1 and self.session.evaluated_later(server_round - 1):
+        if self.session.evaluated_later(server_round - 1):
             self.session.received_evaluation(server_round - 1, ok)
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
@@ -310,18 +314,6 @@ def user_code_paths(manager_class: type) -> list[str]:
 def _examples(replies: list[Message], key: str = "num-examples") -> int:
     counts = [reply.content.metric_records["metrics"].get(key, 0) for reply in replies]
     return int(sum(c for c in counts if isinstance(c, int | float)))
-
-
-def _weighted_mean(replies: list[Message], key: str, weight_key: str) -> float | None:
-    """The mean of metric `key` over `replies`, weighted by `weight_key` (as Flower weights evaluations)."""
-    pairs = []
-    for reply in replies:
-        metrics = reply.content.metric_records["metrics"]
-        value, weight = metrics.get(key), metrics.get(weight_key)
-        if isinstance(value, int | float) and isinstance(weight, int | float) and weight > 0:
-            pairs.append((float(value), float(weight)))
-    total = sum(weight for _, weight in pairs)
-    return sum(value * weight for value, weight in pairs) / total if total else None
 
 
 def _metric(metrics: MetricRecord, key: str) -> float | None:

@@ -47,19 +47,12 @@ from flops.config import SOURCES_FOLDER  # noqa: E402
 from flops.data.partition import partition  # noqa: E402
 from flops.net import free_port, port_open, wait_until  # noqa: E402
 from flops.processes import ManagedProcess  # noqa: E402
+from tests.plain_flower import flower_home, flwr_run_command, start_superlink  # noqa: E402
 
 EXAMPLE = EXAMPLES / "digits-sklearn"
 # (repetitions, rounds per run and per project)
 PLANS = {"quick": (2, 3), "full": (5, 5), "smoke": (1, 2)}
 ENV_REUSED_S = 5.0  # a cached environment takes milliseconds to find, a built one tens of seconds
-# `flwr run`'s own code, as tests/test_warm_learner.py and the aggregator call it (the `flwr`
-# console script needs a newer typer than the one amqtt allows beside it).
-FLWR_RUN = """
-import sys
-from flwr.cli.run.run import run
-run(app=sys.argv[1], superlink="bench", federation=None, run_config_overrides=[sys.argv[2]],
-    federation_config_overrides=None, stream=False, output_format="default")
-"""
 # ManagedProcess (flops.runtime_env.process_env) sets SuperExec's task poll to 0.25 s; plain Flower gets its default.
 FLOWER_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
 
@@ -70,20 +63,10 @@ def plain_run(work: Path, data: Path, rounds: int) -> dict[str, Any]:
     shutil.copytree(ROOT / "bench" / "plain_flower", app)
     for source in EXAMPLE.glob("*.py"):
         shutil.copy(source, app / source.name)
-    home = work / "flwr-home"
-    home.mkdir()
-    port = free_port()  # Flower 1.41's SuperLink serves every API on one port
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
+    port = free_port()
     round_log = work / "rounds.log"
-    env = {"FLWR_HOME": str(home), "BENCH_ROUND_LOG": str(round_log), **FLOWER_DEFAULTS}
-    superlink = ManagedProcess(
-        "superlink",
-        [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-         "--disable-runtime-dependency-installation"],
-        work / "superlink.log", env=env,
-    )  # fmt: skip
+    env = {**flower_home(work / "flwr-home", "bench", port), "BENCH_ROUND_LOG": str(round_log), **FLOWER_DEFAULTS}
+    superlink = start_superlink(port, work / "superlink.log", env)
     nodes: list[ManagedProcess] = []
     try:
         if not wait_until(lambda: port_open("127.0.0.1", port), 60, 0.2):
@@ -102,7 +85,7 @@ def plain_run(work: Path, data: Path, rounds: int) -> dict[str, Any]:
         if not wait_until(registered, 120, 0.2):
             raise RuntimeError(f"the SuperNodes did not register:\n{superlink.log_tail()}")
         started = subprocess.run(
-            [sys.executable, "-c", FLWR_RUN, str(app), f"num-rounds={rounds}"],
+            flwr_run_command(app, "bench", f"num-rounds={rounds}"),
             env={**os.environ, **env}, capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
         if started.returncode != 0:

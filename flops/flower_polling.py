@@ -270,11 +270,18 @@ ENTRY_POINTS = {
 _installed: set[str] = set()
 
 
+def pinned_flower(what: str) -> bool:
+    """Whether this is the Flower version the hooks were written for; if not, warn that `what` stays Flower's."""
+    if flwr.__version__ == FLOWER_VERSION:
+        return True
+    log.warning("Flower %s is not %s: %s stays as Flower has it", flwr.__version__, FLOWER_VERSION, what)
+    return False
+
+
 def install(component: str) -> bool:
     """Hook `component` (a key of HOOKS) and the TRANSPORT_HOOKS in this process, once; False
     (Flower's polling) on another Flower version than the pinned one."""
-    if flwr.__version__ != FLOWER_VERSION:
-        log.warning("Flower %s is not %s: %s keeps Flower's fixed polling", flwr.__version__, FLOWER_VERSION, component)
+    if not pinned_flower(f"the polling of {component}"):
         return False
     for name in (component, *TRANSPORT_HOOKS):
         if name not in _installed:

@@ -29,7 +29,6 @@ import argparse
 import atexit
 import contextlib
 import itertools
-import logging
 import os
 import signal
 import subprocess
@@ -40,7 +39,6 @@ from logging import ERROR, INFO
 from pathlib import Path
 from typing import IO, Any
 
-import flwr
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
@@ -61,14 +59,11 @@ from flwr.supercore.superexec.plugin import AutoExecPlugin
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from flops.flower_polling import FLOWER_VERSION, hooked_module
+from flops.flower_polling import SUPEREXEC_MODULE, hooked_module, pinned_flower
 from flops.flower_polling import install as install_adaptive_polling
 from flops.net import port_open, wait_until
 
-SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
 WORKER_NICENESS = 10
-
-log = logging.getLogger(__name__)
 
 
 class RunWorker:
@@ -151,8 +146,7 @@ class WarmClientAppPlugin(AutoExecPlugin):
 
 def install() -> bool:
     """Make this process's SuperExec hand ClientApp tasks to run workers; False on another Flower."""
-    if flwr.__version__ != FLOWER_VERSION:
-        log.warning("Flower %s is not %s: a fresh ClientApp per message", flwr.__version__, FLOWER_VERSION)
+    if not pinned_flower("a fresh ClientApp process per message"):
         return False
     module = hooked_module(SUPEREXEC_MODULE, ("AutoExecPlugin",))
     module.AutoExecPlugin = WarmClientAppPlugin
@@ -166,8 +160,7 @@ class TaskRunner:
         self.runtime_api_address = runtime_api_address
         self.certificates = certificates
         self.insecure = insecure
-        self.installed: set[str] = set()
-        self.apps: dict[tuple[str, str, str], ClientApp] = {}
+        self.apps: dict[tuple[str, str, str], ClientApp] = {}  # by FAB: installed and loaded once
         self.run_id: int | None = None
         self._load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
 
@@ -184,11 +177,9 @@ class TaskRunner:
         )
 
     def app(self, fab_id: str, fab_version: str, fab_hash: str, fab_content: bytes) -> ClientApp:
-        if fab_hash not in self.installed:
-            install_from_fab(fab_content, skip_prompt=True)
-            self.installed.add(fab_hash)
         key = (fab_id, fab_version, fab_hash)
         if key not in self.apps:
+            install_from_fab(fab_content, skip_prompt=True)
             self.apps[key] = self._load(fab_id, fab_version, fab_hash)
         return self.apps[key]
 

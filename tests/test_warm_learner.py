@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import pytest
 from flops.net import free_port, port_open, wait_until
 from flops.processes import ManagedProcess
 from learner import warm_clientapp
+from tests.plain_flower import BIN, flower_home, flwr_run_command, start_superlink
 
-BIN = Path(sys.executable).parent
 APP = Path(__file__).resolve().parent / "warm_app"
 MESSAGES = 3
 
@@ -29,19 +28,9 @@ MESSAGES = 3
 @pytest.fixture
 def superlink_and_learner(tmp_path: Path, digits_nodes: Path) -> Iterator[dict[str, str]]:
     """An insecure loopback SuperLink with one flops-learner; the env for `flwr run` against it."""
-    port = free_port()  # Flower 1.41's SuperLink serves every API on one port
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = {"FLWR_HOME": str(home)}
-    superlink = ManagedProcess(
-        "superlink",
-        [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-         "--disable-runtime-dependency-installation"],
-        tmp_path / "superlink.log", env=env,
-    )  # fmt: skip
+    port = free_port()
+    env = flower_home(tmp_path / "flwr-home", "local", port)
+    superlink = start_superlink(port, tmp_path / "superlink.log", env)
     learner = ManagedProcess(
         "learner",
         [str(BIN / "flops-learner"), "--insecure", "--superlink", f"127.0.0.1:{port}",
@@ -56,20 +45,10 @@ def superlink_and_learner(tmp_path: Path, digits_nodes: Path) -> Iterator[dict[s
         superlink.stop()
 
 
-# `flwr run`'s own code, called as the aggregator calls it (the `flwr` console script needs a newer
-# typer than the one amqtt allows beside it).
-FLWR_RUN = """
-import sys
-from flwr.cli.run.run import run
-run(app=sys.argv[1], superlink="local", federation=None, run_config_overrides=[sys.argv[2]],
-    federation_config_overrides=None, stream=False, output_format="default")
-"""
-
-
 def flwr_run(app: Path, env: dict[str, str], out: Path) -> dict[str, Any]:
     config = f'messages={MESSAGES} out="{out}"'
     started = subprocess.run(
-        [sys.executable, "-c", FLWR_RUN, str(app), config], env=env, capture_output=True, text=True, timeout=120
+        flwr_run_command(app, "local", config), env=env, capture_output=True, text=True, timeout=120
     )
     assert started.returncode == 0, started.stdout + started.stderr
     assert wait_until(out.is_file, 180, 0.2), f"run did not finish: no {out}"
