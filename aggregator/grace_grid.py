@@ -17,6 +17,8 @@ pulls replies until one of
 call with none announced waits for every reply, as Flower's grid does. When the call returns,
 `stragglers` holds the node ids of the messages that had no reply by then; their late replies
 are never pulled, so they cannot fail a later phase. An empty `messages` returns [] at once.
+`destination(reply)` names the node a reply answers for, also for the error replies the SuperLink
+itself makes (a node that stopped sending heartbeats: "Node Unavailable").
 Everything else (nodes, run, push and pull, attributes such as `close`) is the wrapped grid's.
 """
 
@@ -25,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -42,6 +45,14 @@ class GraceGrid(Grid):
         self.grace_s = grace_s
         self.stragglers: list[int] = []
         self._minimum: int | None = None
+        self._sent: dict[str, int] = {}  # message id -> destination node, of the last call
+
+    def destination(self, reply: Message) -> int | None:
+        """The node `reply` answers for: its sender, or for the SuperLink's own error replies the
+        destination of the message it answers."""
+        if reply.metadata.src_node_id != SUPERLINK_NODE_ID:
+            return reply.metadata.src_node_id
+        return self._sent.get(reply.metadata.reply_to_message_id)
 
     def expect_replies(self, minimum: int) -> None:
         """The next `send_and_receive` may close `grace_s` after `minimum` successful replies."""
@@ -60,6 +71,7 @@ class GraceGrid(Grid):
             for message_id, message in zip(message_ids, messages, strict=False)
             if message_id
         }
+        self._sent = dict(pending)
         del messages
         deadline = None if timeout is None else time.monotonic() + timeout
         grace_ends: float | None = None

@@ -9,6 +9,12 @@ submitted), answers Control API calls only with this aggregator's token (`aggreg
 and Runtime API calls only from the SuperExec this aggregator starts with a shared secret.
 `--insecure` (plain HTTP, no SuperNode authentication) is an explicit opt-in for experiments
 on loopback and is refused on any other address.
+
+Hierarchical FL: with `--cluster NAME --root-superlink HOST:PORT` this is the aggregator of one
+cluster. Its SuperLink is its learners' as above, and it joins the root's SuperLink as a SuperNode
+(`flops-learner` with no data, its own key `--root-key` and the project's CA), whose ClientApp
+(`aggregator.cluster_client`) runs every message of the root as a run of this SuperLink. It
+serves until it is stopped: whoever started it stops it once the root's training ended.
 """
 
 import argparse
@@ -21,15 +27,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from aggregator.cluster_context import CLUSTER_CONTEXT_ENV, CONTEXT_FILE, ClusterContext
 from aggregator.control import ControlAPI
 from aggregator.environment import MLFLOW_TRACKING_URI_ENV, STATE_DIR_ENV, TRACKING_URI_ENV, mlflow_fallback_uri
+from flops.actors import learner_command
 from flops.app_bundle import build_app_dir
 from flops.flower_runtime import new_secret_file, superexec_command
 from flops.ml_repo.contract import ContractError, validate_repository
 from flops.net import free_port, is_loopback, port_open, wait_until
+from flops.pki import SuperNodeCredentials
 from flops.processes import ManagedProcess
 from flops.progress import read_summary
 from flops.training import TrainingSpec, TrainingSummary
@@ -60,7 +70,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="opt-in for loopback experiments: plain HTTP and any SuperNode admitted; refused on other addresses",
     )
     parser.add_argument("--timeout", type=float, default=24 * 3600, help="overall limit in seconds")
+    cluster = parser.add_argument_group("hierarchical FL: the aggregator of one cluster")
+    cluster.add_argument("--cluster", default="", help="this cluster's name: serve it instead of running a training")
+    cluster.add_argument("--root-superlink", default="", help="the root aggregator's SuperLink HOST:PORT")
+    cluster.add_argument("--root-certificates", type=Path, help="the project's CA, for the root's SuperLink")
+    cluster.add_argument("--root-key", type=Path, help="this cluster's SuperNode key at the root (P-384, OpenSSH)")
     return parser.parse_args(argv)
+
+
+def check_cluster(args: argparse.Namespace) -> str | None:
+    """What is wrong with the cluster options; None when there are none or they are complete."""
+    if not args.cluster:
+        if args.root_superlink or args.root_certificates or args.root_key:
+            return "--root-superlink, --root-certificates and --root-key need --cluster NAME"
+        return None
+    if not args.root_superlink:
+        return f"the aggregator of cluster {args.cluster} needs --root-superlink HOST:PORT"
+    if args.insecure:
+        if args.root_certificates or args.root_key:
+            return "--insecure cannot be combined with --root-certificates or --root-key"
+        return None
+    if not args.root_certificates or not args.root_key:
+        return f"the aggregator of cluster {args.cluster} needs --root-certificates and --root-key (or --insecure)"
+    return None
 
 
 def check_security(args: argparse.Namespace) -> str | None:
@@ -149,18 +181,31 @@ def preload_flower_cli() -> None:
     threading.Thread(target=importlib.import_module, args=("flwr.cli.run.run",), daemon=True).start()
 
 
+def superlink_gone(superlink: ManagedProcess) -> Callable[[], str | None]:
+    """Why the SuperLink process is gone, or None while it runs."""
+
+    def gone() -> str | None:
+        if superlink.running():
+            return None
+        return f"SuperLink exited with code {superlink.returncode()}:\n{superlink.log_tail()}"
+
+    return gone
+
+
 def follow(
-    control: ControlAPI, run_id: int, state_dir: Path, superlink: ManagedProcess, timeout: float
+    control: ControlAPI, run_id: int, state_dir: Path, gone: Callable[[], str | None], timeout: float
 ) -> TrainingSummary | str:
-    """Wait for the ServerApp's summary, or return the reason there will be none."""
+    """Wait for the ServerApp's summary in `state_dir`, or return the reason there will be none
+    (`gone()`: why the SuperLink cannot finish the run any more, None while it can)."""
     deadline = time.monotonic() + timeout
     next_check = time.monotonic() + STATUS_CHECK_INTERVAL_S
     while time.monotonic() < deadline:
         summary = read_summary(state_dir)
         if summary is not None:
             return summary
-        if not superlink.running():
-            return f"SuperLink exited with code {superlink.returncode()}:\n{superlink.log_tail()}"
+        reason = gone()
+        if reason is not None:
+            return reason
         if time.monotonic() >= next_check:
             status = control.run_status(run_id)
             if status and status.startswith("finished"):
@@ -173,10 +218,12 @@ def follow(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    problem = check_security(args)
+    problem = check_security(args) or check_cluster(args)
     if problem:
         raise SystemExit(f"flops-aggregator: {problem}")
     spec = TrainingSpec.model_validate_json(args.spec_json or args.spec.read_text(encoding="utf-8"))
+    if args.cluster and spec.hierarchy is None:
+        raise SystemExit(f"flops-aggregator: cluster {args.cluster} needs a hierarchical training spec")
     try:
         validate_repository(args.repo)
     except ContractError as error:
@@ -187,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     # A fresh SuperLink state: only the SuperNodes registered below are admitted, no earlier start's.
     for stale in ("summary.json", "progress.jsonl", "superlink.db", "superlink.db-wal", "superlink.db-shm"):
         (state_dir / stale).unlink(missing_ok=True)
-    app_dir = build_app_dir(args.repo, state_dir / "app", spec)
+    app_dir = None if args.cluster else build_app_dir(args.repo, state_dir / "app", spec)
     port = args.port or free_port(args.host)
     connect_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     home = state_dir / "flwr-home"
@@ -212,12 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         env=env,
         own_group=False,
     )
-    superexec: ManagedProcess | None = None
+    helpers: list[ManagedProcess] = []  # the SuperExec; a cluster's SuperNode at the root
 
     def stop_flower() -> None:
+        for process in reversed(helpers):
+            process.stop()
         superlink.stop()
-        if superexec is not None:
-            superexec.stop()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop_flower()
@@ -232,25 +279,35 @@ def main(argv: list[str] | None = None) -> None:
         if not superlink.running():
             raise RuntimeError(f"SuperLink failed to start:\n{superlink.log_tail()}")
         # The ServerApp's processes come from this SuperExec, with the SuperLink's environment.
-        superexec = ManagedProcess(
-            "superexec",
-            superexec_command(f"{connect_host}:{port}", args.ssl_ca_certfile, superexec_secret, superlink.pid),
-            state_dir / "superexec.log",
-            env=env,
-            own_group=False,
+        helpers.append(
+            ManagedProcess(
+                "superexec",
+                superexec_command(f"{connect_host}:{port}", args.ssl_ca_certfile, superexec_secret, superlink.pid),
+                state_dir / "superexec.log",
+                env=env,
+                own_group=False,
+            )
         )
         mode = "TLS, registered SuperNodes only" if not args.insecure else "PLAIN HTTP (--insecure), any SuperNode"
-        print(f"flops-aggregator: SuperLink listening on {args.host}:{port} ({mode})", flush=True)
+        role = f"cluster {args.cluster}: " if args.cluster else ""
+        print(f"flops-aggregator: {role}SuperLink listening on {args.host}:{port} ({mode})", flush=True)
         if args.supernode_keys is not None:
             try:
                 admitted = control.register_supernodes(args.supernode_keys)
             except Exception as error:  # Flower's client raises its own error types
                 raise RuntimeError(f"could not register the learners' keys with the SuperLink: {error}") from error
             print(f"flops-aggregator: admitted SuperNodes {', '.join(admitted)}", flush=True)
+        if args.cluster:
+            raise SystemExit(serve_cluster(args, spec, control, superlink, helpers))
+        assert app_dir is not None
         run_id = submit(app_dir, control)
         print(f"flops-aggregator: submitted run {run_id}", flush=True)
-        outcome = follow(control, run_id, state_dir, superlink, args.timeout)
+        outcome = follow(control, run_id, state_dir, superlink_gone(superlink), args.timeout)
     except RuntimeError as error:
+        if args.cluster:
+            print(f"flops-aggregator: cluster {args.cluster}: {error}", flush=True)
+            stop_flower()
+            raise SystemExit(1) from error
         outcome = str(error)
     finally:
         stop_flower()
@@ -259,6 +316,59 @@ def main(argv: list[str] | None = None) -> None:
         (state_dir / "summary.json").write_text(outcome.model_dump_json(indent=2), encoding="utf-8")
     print(outcome.model_dump_json(), flush=True)
     raise SystemExit(0 if outcome.status == "completed" else 1)
+
+
+def serve_cluster(
+    args: argparse.Namespace,
+    spec: TrainingSpec,
+    control: ControlAPI,
+    superlink: ManagedProcess,
+    helpers: list[ManagedProcess],
+) -> int:
+    """Join the root as this cluster's SuperNode and serve until it, or this SuperLink, ends; the exit code.
+
+    The SuperNode is a learner without data: `flops-learner` of this environment, whose ClientApp
+    (the root's app) finds this SuperLink through the context file its environment names.
+    """
+    state_dir: Path = args.state_dir
+    context = ClusterContext(
+        cluster=args.cluster,
+        superlink=control.address,
+        ca_file=control.ca_file,
+        control_token_file=control.token_file,
+        repo=args.repo.resolve(),
+        state_dir=state_dir,
+        flwr_home=Path(os.environ["FLWR_HOME"]),
+    )
+    context_file = state_dir / CONTEXT_FILE
+    context_file.write_text(context.model_dump_json(indent=2), encoding="utf-8")
+    no_data = state_dir / "no-data"
+    no_data.mkdir(exist_ok=True)
+    identity = None
+    if not args.insecure:
+        identity = SuperNodeCredentials(
+            folder=args.root_key.parent,
+            ca_cert=args.root_certificates,
+            private_key=args.root_key,
+            public_key=args.root_key,
+        )
+    command = learner_command(
+        args.root_superlink, no_data, [], args.cluster, python=sys.executable, identity=identity, insecure=args.insecure
+    )
+    supernode = ManagedProcess(
+        "root-supernode", command, state_dir / "root-supernode.log", env={CLUSTER_CONTEXT_ENV: str(context_file)},
+        own_group=False,
+    )  # fmt: skip
+    helpers.append(supernode)
+    print(f"flops-aggregator: cluster {args.cluster} joining the root at {args.root_superlink}", flush=True)
+    while supernode.running() and superlink.running():
+        time.sleep(0.5)
+    if not superlink.running():
+        print(f"flops-aggregator: cluster {args.cluster}: SuperLink exited:\n{superlink.log_tail()}", flush=True)
+        return 1
+    code = supernode.returncode() or 0
+    print(f"flops-aggregator: cluster {args.cluster}: its SuperNode at the root ended ({code})", flush=True)
+    return code
 
 
 if __name__ == "__main__":

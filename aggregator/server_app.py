@@ -12,6 +12,7 @@ User code never tracks here either: the user's modules are imported while the in
 folder in the state directory), so nothing can write `mlruns/` or `mlflow.db` into the cwd.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -38,17 +39,26 @@ from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_c
 from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
 from flops.training import (
+    CLUSTER_REPORT_KEY,
+    CLUSTER_REPORT_RECORD,
     EVALUATE_RECEIVED_KEY,
     GLOBAL_ACCURACY_KEY,
     GLOBAL_EXAMPLES_KEY,
     GLOBAL_LOSS_KEY,
     SPEC_RUN_CONFIG_KEY,
+    ClusterReport,
     RoundReport,
     TrainingSpec,
     TrainingSummary,
 )
 
 KEPT_CHECKPOINTS = 2
+# A cluster aggregator's run (`spec.cluster`) starts from the root's parameters in this file of its
+# state folder and leaves its cluster model (the last round's aggregate) in the other.
+INITIAL_PARAMETERS_FILE = "initial.npz"
+FINAL_PARAMETERS_FILE = "final.npz"
+# The summary's `extra` key of a cluster run's evaluation of the parameters it received.
+RECEIVED_EVALUATION_KEY = "received_evaluation"
 _FLOWER_REASON = re.compile(r"^<class '[^']*'>:<'(?P<message>.*)'>$", re.DOTALL)
 
 app = ServerApp()
@@ -111,6 +121,12 @@ class TrainingSession:
         self.best: tuple[RoundReport, list[np.ndarray]] | None = None
         self.one_message_rounds = False  # set by `run_training` from the strategy
         self.unpublished: dict[int, list[np.ndarray]] = {}  # aggregated, global model not evaluated yet
+        # A cluster run whose first round also evaluates the root's parameters (`ClusterTask.evaluate_received`).
+        self.evaluates_initial = spec.cluster is not None and spec.cluster.evaluate_received
+        self.received: dict[str, float | int | None] | None = None  # that evaluation, weighted over the cluster
+        self.last_parameters: list[np.ndarray] | None = None
+        self.node_names: dict[int, str] = {}
+        self.missing: list[tuple[str, str]] = []  # the last phase's (node, reason) without a successful reply
         # MLflow is imported and the runs opened in the background: the first round does not
         # need them until it ends, and they cost seconds at start-up.
         self.tracking_uri = tracking_uri
@@ -149,16 +165,46 @@ class TrainingSession:
         Records the phase's failed replies and its stragglers (the learners the grid stopped waiting for).
         """
         ok = [reply for reply in replies if not reply.has_error()]
-        failures = [reply_error(reply) for reply in replies if reply.has_error()]
+        failures = [self.failure(reply) for reply in replies if reply.has_error()]
+        stragglers = [self.node_name(node_id) for node_id in self.grid.stragglers]
+        self.missing = [self.named_failure(reply) for reply in replies if reply.has_error()]
+        self.missing += [(name, "no reply before the phase closed (straggler)") for name in stragglers]
         report = self.report(server_round)
         report.failures.extend(failures)
-        report.stragglers.extend(str(node_id) for node_id in self.grid.stragglers)
+        report.stragglers.extend(stragglers)
         if len(ok) < minimum:
-            detail = "; ".join(failures) if failures else "learners did not answer in time"
+            actors = "clusters" if self.spec.hierarchy is not None else "learners"
+            silent = [f"{name}: no reply in time" for name in stragglers]
+            detail = "; ".join(failures + silent) or f"{actors} did not answer in time"
             raise TrainingError(
-                f"round {server_round} {phase}: {len(ok)} of the required {minimum} learners succeeded: {detail}"
+                f"{self.round_word} {server_round} {phase}: {len(ok)} of the required {minimum} {actors} "
+                f"succeeded: {detail}"
             )
         return ok
+
+    @property
+    def round_word(self) -> str:
+        return "cycle" if self.spec.hierarchy is not None else "round"
+
+    def node_name(self, node_id: int) -> str:
+        """A learner's (or cluster's) registered name, else its node id."""
+        if node_id not in self.node_names:
+            with contextlib.suppress(Exception):  # names are a nicety: Flower's node list may be away
+                self.node_names.update({node.node_id: node.name for node in self.grid.get_nodes() if node.name})
+        return self.node_names.get(node_id, str(node_id))
+
+    def named_failure(self, reply: Message) -> tuple[str, str]:
+        """(the name of the node a failed reply was for, or "", the reason)."""
+        node = self.grid.destination(reply)
+        return (self.node_name(node) if node is not None else ""), reply_error(reply)
+
+    def failure(self, reply: Message) -> str:
+        """A failed reply's reason, prefixed with the name of the node it was for (unless it names it)."""
+        name, reason = self.named_failure(reply)
+        return reason if not name or reason.startswith((f"{name}:", f"cluster {name}:")) else f"{name}: {reason}"
+
+    def participants(self, replies: list[Message]) -> list[str]:
+        return sorted(self.node_name(reply.metadata.src_node_id) for reply in replies)
 
     def round_finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Round `server_round` aggregated: checkpoint it, and publish it once its global model is evaluated.
@@ -170,6 +216,7 @@ class TrainingSession:
         report.duration_s = time.time() - self.round_started_at.get(server_round, time.time())
         parameters = arrays.to_numpy_ndarrays()
         self._checkpoint(server_round, parameters)
+        self.last_parameters = parameters
         self.unpublished[server_round] = parameters
         if not self.evaluated_later(server_round):
             self.publish(server_round)
@@ -181,13 +228,7 @@ class TrainingSession:
     def received_evaluation(self, server_round: int, replies: list[Message]) -> None:
         """The global model of `server_round` as the next round's learners evaluated it; publishes the round."""
         report = self.report(server_round)
-        report.eval_examples = _examples(replies, GLOBAL_EXAMPLES_KEY)
-        # Weighted by the examples evaluated, as Flower's strategies weight an evaluate phase.
-        received = MetricRecord()
-        if report.eval_examples:  # Flower divides by the total weight
-            received = aggregate_metricrecords([reply.content for reply in replies], GLOBAL_EXAMPLES_KEY)
-        report.loss = _metric(received, GLOBAL_LOSS_KEY)
-        report.accuracy = _metric(received, GLOBAL_ACCURACY_KEY)
+        report.loss, report.accuracy, report.eval_examples = received_figures(replies)
         self.publish(server_round)
 
     def publish(self, server_round: int) -> None:
@@ -245,7 +286,10 @@ class RoundHooks:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.session.round_started_at[server_round] = time.time()
-        config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: self.session.evaluated_later(server_round - 1)})
+        evaluate_received = self.session.evaluated_later(server_round - 1) or (
+            server_round == 1 and self.session.evaluates_initial
+        )
+        config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: evaluate_received})
         self.session.grid.expect_replies(self.min_train_nodes)
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
@@ -255,9 +299,19 @@ class RoundHooks:
         ok = self.session.accept_replies(server_round, list(replies), self.min_train_nodes, "training")
         if self.session.evaluated_later(server_round - 1):
             self.session.received_evaluation(server_round - 1, ok)
+        elif server_round == 1 and self.session.evaluates_initial:
+            loss, accuracy, examples = received_figures(ok)
+            self.session.received = {"loss": loss, "accuracy": accuracy, "examples": examples}
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
         report.learners = len(ok)
+        report.participants = self.session.participants(ok)
+        if self.session.spec.hierarchy is not None:
+            lost = [
+                ClusterReport(cluster=name or "?", cycle=server_round, error=reason)
+                for name, reason in self.session.missing
+            ]
+            report.clusters = sorted([*cluster_reports(ok), *lost], key=lambda cluster: cluster.cluster)
         if metrics is not None:
             report.train_examples = _examples(ok)
             report.local_loss = _metric(metrics, "local-loss")
@@ -321,24 +375,49 @@ def _metric(metrics: MetricRecord, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def received_figures(replies: list[Message]) -> tuple[float | None, float | None, int]:
+    """(loss, accuracy, examples) of the model the replies' learners evaluated before training.
+
+    Weighted by the examples evaluated, as Flower's strategies weight an evaluate phase.
+    """
+    examples = _examples(replies, GLOBAL_EXAMPLES_KEY)
+    received = MetricRecord()
+    if examples:  # Flower divides by the total weight
+        received = aggregate_metricrecords([reply.content for reply in replies], GLOBAL_EXAMPLES_KEY)
+    return _metric(received, GLOBAL_LOSS_KEY), _metric(received, GLOBAL_ACCURACY_KEY), examples
+
+
+def cluster_reports(replies: list[Message]) -> list[ClusterReport]:
+    """The cluster reports a root's train replies carry (`CLUSTER_REPORT_RECORD`), sorted by cluster."""
+    reports = []
+    for reply in replies:
+        record = reply.content.config_records.get(CLUSTER_REPORT_RECORD)
+        raw = record.get(CLUSTER_REPORT_KEY) if record is not None else None
+        if isinstance(raw, str):
+            reports.append(ClusterReport.model_validate_json(raw))
+    return sorted(reports, key=lambda report: report.cluster)
+
+
 def wait_for_learners(grid: Grid, spec: TrainingSpec, progress: ProgressLog) -> int:
     deadline = time.monotonic() + spec.learner_wait_timeout
     announced = -1
+    actors = "cluster aggregators" if spec.hierarchy is not None else "learners"
+    where = f" of cluster {spec.cluster.cluster}" if spec.cluster is not None else ""
     while (joined := len(list(grid.get_node_ids()))) < spec.min_available_clients:
         if joined != announced:
             progress.emit(
                 ProgressEvent(
                     kind="waiting",
-                    message=f"{joined} of {spec.min_available_clients} learners joined",
+                    message=f"{joined} of {spec.min_available_clients} {actors}{where} joined",
                     data={"joined": joined, "required": spec.min_available_clients},
                 )
             )
             announced = joined
         if time.monotonic() >= deadline:
+            remedy = "check the cluster aggregators' logs" if spec.hierarchy else "lower min_available_clients"
             raise TrainingError(
-                f"only {joined} of {spec.min_available_clients} required learners joined within "
-                f"{spec.learner_wait_timeout:.0f} s: start more learners (check their logs) or "
-                "lower min_available_clients"
+                f"only {joined} of {spec.min_available_clients} required {actors}{where} joined within "
+                f"{spec.learner_wait_timeout:.0f} s: start more {actors} (check their logs) or {remedy}"
             )
         time.sleep(0.5)
     return joined
@@ -352,6 +431,9 @@ def main(grid: Grid, context: Context) -> None:
     spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
     settings = ServerAppSettings.from_env(os.environ)
     state_dir = settings.state_dir or Path.cwd() / ".flops" / spec.project_id
+    if spec.cluster is not None:  # one run of a cluster aggregator: its own folder, no tracking, no events
+        run_training(grid, spec, state_dir / spec.cluster.folder, None)
+        return
     run_training(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
 
 
@@ -365,17 +447,26 @@ def run_training(
     try:
         grace_grid = GraceGrid(grid, spec.straggler_grace_s)
         session = TrainingSession(spec, progress, tracking_uri, grace_grid)
-        # User code imported here binds the inert MLflow (`import mlflow; mlflow.autolog()` at the
-        # top of model_manager.py): it never tracks, the platform's own tracking is the real MLflow.
-        with user_code("aggregator"), inert_mlflow():
-            manager_class = load_model_manager_class()
-            initial = [np.asarray(p) for p in manager_class().get_model_parameters()]
+        manager_class: type | None = None
+        if spec.cluster is not None:  # the root's parameters, which the cluster aggregator received
+            initial = load_parameters(state_dir / INITIAL_PARAMETERS_FILE)
+        else:
+            # User code imported here binds the inert MLflow (`import mlflow; mlflow.autolog()` at the
+            # top of model_manager.py): it never tracks, the platform's own tracking is the real MLflow.
+            with user_code("aggregator"), inert_mlflow():
+                manager_class = load_model_manager_class()
+                initial = [np.asarray(p) for p in manager_class().get_model_parameters()]
         strategy = build_strategy(spec, base=RoundHooks)
         strategy.session = session  # type: ignore[attr-defined]
         session.one_message_rounds = one_message_rounds(strategy)
         joined = wait_for_learners(grid, spec, progress)
-        progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
+        actors = "cluster aggregators" if spec.hierarchy is not None else "learners"
+        progress.emit(ProgressEvent(kind="started", message=f"{joined} {actors} joined", data={"learners": joined}))
         session.open_tracker()
+        if spec.cluster is not None and spec.cluster.task == "evaluate":
+            summary = _evaluated_summary(spec, session, strategy, grace_grid, initial, started)
+            _finish(session, progress, summary)
+            return summary
 
         def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             if server_round > 0:
@@ -391,7 +482,10 @@ def run_training(
             train_config=ConfigRecord(dict(spec.hyperparameters)),
             evaluate_fn=end_of_round,
         )
-        summary = _completed_summary(spec, session, manager_class, started, tracking_uri)
+        if manager_class is None:
+            summary = _cluster_summary(spec, session, started)
+        else:
+            summary = _completed_summary(spec, session, manager_class, started, tracking_uri)
     except (TrainingError, UserCodeError, ValueError) as error:
         summary = _failed_summary(spec, session, str(error), started, tracking_uri)
         _finish(session, progress, summary)
@@ -433,6 +527,47 @@ def _completed_summary(
             summary.model_input = logged.input
             session.progress.emit(ProgressEvent(kind="model", message=logged.model_uri))
     _fill_tracking(summary, session)
+    summary.duration_s = time.time() - started
+    return summary
+
+
+def load_parameters(path: Path) -> list[np.ndarray]:
+    """Parameters saved with `np.savez(path, *parameters)`, in their order."""
+    with np.load(path) as saved:
+        return [saved[f"arr_{index}"] for index in range(len(saved.files))]
+
+
+def _cluster_summary(spec: TrainingSpec, session: TrainingSession, started: float) -> TrainingSummary:
+    """A cluster run's end: its rounds, its model (the last round's aggregate) beside the summary."""
+    if session.last_parameters is None:
+        raise TrainingError("the cluster's training ended without an aggregated model")
+    np.savez(session.state_dir / FINAL_PARAMETERS_FILE, *session.last_parameters)
+    rounds = [session.reports[r] for r in sorted(session.reports)]
+    summary = TrainingSummary(status="completed", project_id=spec.project_id, rounds=rounds)
+    summary.final_loss, summary.final_accuracy = rounds[-1].loss, rounds[-1].accuracy
+    if session.received is not None:
+        summary.extra[RECEIVED_EVALUATION_KEY] = session.received
+    summary.duration_s = time.time() - started
+    return summary
+
+
+def _evaluated_summary(
+    spec: TrainingSpec,
+    session: TrainingSession,
+    strategy: Any,
+    grid: GraceGrid,
+    arrays: list[np.ndarray],
+    started: float,
+) -> TrainingSummary:
+    """A cluster run that only evaluates the parameters it received: one evaluate phase, round 1."""
+    session.one_message_rounds = False  # the phase of its own, on the learners the strategy picks
+    messages = strategy.configure_evaluate(1, ArrayRecord(arrays), ConfigRecord(), grid)
+    replies = list(grid.send_and_receive(messages, timeout=spec.round_timeout))
+    strategy.aggregate_evaluate(1, replies)
+    report = session.report(1)
+    report.participants = session.participants([reply for reply in replies if not reply.has_error()])
+    summary = TrainingSummary(status="completed", project_id=spec.project_id, rounds=[report])
+    summary.final_loss, summary.final_accuracy = report.loss, report.accuracy
     summary.duration_s = time.time() - started
     return summary
 

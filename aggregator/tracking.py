@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from flops.tracking_auth import (
     read_credentials,
 )
 from flops.tracking_server import run_url
-from flops.training import ModelFlavor, ModelInput, RoundReport, TrainingSpec
+from flops.training import ClusterReport, ModelFlavor, ModelInput, RoundReport, TrainingSpec
 
 # MLflow 3's experiment kind: "custom_model_development" is the UI's "Machine learning" kind
 # (the other kinds it knows: genai_development, finetuning, regression, ...).
@@ -57,6 +57,8 @@ MODEL_TRAINING_KIND = "custom_model_development"
 PROJECT_TAG = "flops.project_id"
 ROLE_TAG = "flops.role"
 ROUND_TAG = "flops.round"
+CLUSTER_TAG = "flops.cluster"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
 TRAINING_RUN_TAG = "flops.training_run_id"
 EXPERIMENT_NOTE = (
     "Federated training with FLOps. Per training: one `training-<project id>` run with the "
@@ -147,6 +149,20 @@ def training_params(spec: TrainingSpec) -> dict[str, str]:
         "repo_url": spec.repo_url,
         "repo_commit": spec.repo_commit,
     }
+    if spec.hierarchy is not None:
+        hierarchy = spec.hierarchy
+        params.update(
+            {
+                "mode": "hierarchical",
+                "training_cycles": spec.rounds,
+                "training_rounds": hierarchy.cluster_rounds,
+                "clusters": ",".join(hierarchy.clusters),
+                "min_clusters": hierarchy.min_clusters,
+                "min_available_clients": hierarchy.min_available_clients,
+                "min_fit_clients": hierarchy.min_fit_clients,
+                "min_evaluate_clients": hierarchy.min_evaluate_clients,
+            }
+        )
     params.update({f"strategy.{k}": v for k, v in spec.strategy.parameters.items()})
     params.update({f"hp.{k}": v for k, v in spec.hyperparameters.items()})
     return {key: str(value) for key, value in params.items()}
@@ -172,6 +188,7 @@ class _RoundWrite:
     tried_create: bool = False
     logged: bool = False
     terminated: bool = False
+    clusters: set[str] = field(default_factory=set)  # cluster runs written completely
     curves: bool = False
 
 
@@ -350,19 +367,26 @@ class MlflowTracker:
     def _write_round(self, write: _RoundWrite) -> None:
         assert self.experiment_id is not None and self.parent_run_id is not None
         report = write.report
+        cycles = self.spec.hierarchy is not None
         if write.run_id is None:
             round_tags = {ROLE_TAG: "round", ROUND_TAG: str(report.round), TRAINING_RUN_TAG: self.parent_run_id}
             found = self._find_run(round_tags) if write.tried_create else None
             write.tried_create = True
             if found is None:
                 tags = {PROJECT_TAG: self.spec.project_id, **round_tags}
+                if cycles:
+                    tags[PARENT_RUN_TAG] = self.parent_run_id
                 if report.failures:
                     tags["flops.failures"] = "; ".join(report.failures)[:5000]
                 if report.stragglers:
                     tags["flops.stragglers"] = ", ".join(report.stragglers)[:5000]
-                name = f"round-{report.round}"
+                name = f"{'cycle' if cycles else 'round'}-{report.round}"
                 found = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             write.run_id = found
+        for cluster in report.clusters:
+            if cluster.cluster not in write.clusters:
+                self._write_cluster(write, cluster)
+                write.clusters.add(cluster.cluster)
         points = [Metric(key, value, write.timestamp_ms, report.round) for key, value in round_metrics(report).items()]
         if not write.logged:
             self.client.log_batch(write.run_id, metrics=points, params=[Param("round", str(report.round))])
@@ -373,6 +397,29 @@ class MlflowTracker:
         self.client.log_batch(self.parent_run_id, metrics=points)  # the same points again are not doubled
         write.curves = True
         report.run_id = write.run_id
+
+    def _write_cluster(self, write: _RoundWrite, cluster: ClusterReport) -> None:
+        """The run of one cluster's part of a cycle, nested under the cycle's run (resumable, never twice)."""
+        assert self.experiment_id is not None and write.run_id is not None
+        cycle = write.report.round
+        cluster_tags = {ROLE_TAG: "cluster", ROUND_TAG: str(cycle), CLUSTER_TAG: cluster.cluster}
+        run_id = self._find_run(cluster_tags)
+        if run_id is None:
+            tags = {PROJECT_TAG: self.spec.project_id, PARENT_RUN_TAG: write.run_id, **cluster_tags}
+            if cluster.error:
+                tags["flops.error"] = cluster.error[:5000]
+            name = f"cycle-{cycle}/{cluster.cluster}"
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        points = [
+            Metric(key, value, write.timestamp_ms, report.round)
+            for report in cluster.rounds
+            for key, value in round_metrics(report).items()
+        ]
+        received = {"received_loss": cluster.received_loss, "received_accuracy": cluster.received_accuracy}
+        points += [Metric(key, value, write.timestamp_ms, 0) for key, value in received.items() if value is not None]
+        params = [Param("cluster", cluster.cluster), Param("learners", ",".join(cluster.learners)[:6000] or "-")]
+        self.client.log_batch(run_id, metrics=points, params=params)
+        self.client.set_terminated(run_id, "FAILED" if cluster.error else "FINISHED")
 
     def log_round(self, report: RoundReport) -> str | None:
         """One `round-N` run, and the round's point on the training run's curves (both at step N).

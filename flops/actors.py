@@ -88,15 +88,29 @@ def aggregator_command(
     in_image: bool = False,
     tls: SuperLinkCredentials | None = None,
     insecure: bool = False,
+    cluster: str = "",
+    root_superlink: str = "",
+    root_identity: SuperNodeCredentials | None = None,
 ) -> list[str]:
     """The aggregator (SuperLink + ServerApp) of one training; the spec as a file or as JSON text.
 
     `tls`: the SuperLink's certificate, key, CA and the learners' public keys to admit. Without
     it only `insecure=True` (plain HTTP, any SuperNode, loopback only) starts an aggregator.
+
+    Hierarchical FL: with `cluster`, the aggregator of that cluster, which joins the root's
+    SuperLink at `root_superlink` as a SuperNode with `root_identity` (the project's CA and the
+    cluster's own key; None only with `insecure`). The spec is the root's.
     """
     if (spec_file is None) == (spec_json is None):
         raise ValueError("give the training spec as spec_file or spec_json, not both")
     spec = ["--spec", str(spec_file)] if spec_file is not None else ["--spec-json", str(spec_json)]
+    role: list[str] = []
+    if cluster:
+        if not root_superlink or (root_identity is None and not insecure):
+            raise ValueError(f"the aggregator of cluster {cluster} needs root_superlink and root_identity")
+        role = ["--cluster", cluster, "--root-superlink", root_superlink]
+        if root_identity is not None:
+            role += ["--root-certificates", str(root_identity.ca_cert), "--root-key", str(root_identity.private_key)]
     return [
         *launcher(AGGREGATOR_MODULE, "flops-aggregator", python, in_image),
         *spec,
@@ -106,6 +120,7 @@ def aggregator_command(
         "--port", str(port),
         "--tracking-uri", tracking_uri,
         *superlink_security(tls, insecure),
+        *role,
     ]  # fmt: skip
 
 

@@ -223,10 +223,17 @@ class ProjectPKI:
 
     # -- the SuperLink ---------------------------------------------------------------------------
 
-    def superlink(self, hosts: Sequence[str], supernodes: Sequence[str]) -> SuperLinkCredentials:
-        """The aggregator's files: a certificate for `hosts` (loopback always) and the keys of `supernodes`."""
+    def superlink(
+        self, hosts: Sequence[str], supernodes: Sequence[str], cluster: str | None = None
+    ) -> SuperLinkCredentials:
+        """The aggregator's files: a certificate for `hosts` (loopback always) and the keys of `supernodes`.
+
+        `cluster`: the files of that cluster's aggregator (hierarchical FL), beside the root's.
+        """
         ca_cert, ca_key = self.ca()
-        folder = _private_dir(self.root / SUPERLINK_DIR)
+        folder = _private_dir(
+            self.root / (SUPERLINK_DIR if cluster is None else f"{SUPERLINK_DIR}-{file_stem(cluster)}")
+        )
         wanted = sorted({str(n.value) for n in _san([*hosts, *LOOPBACK_HOSTS])})
         credentials = SuperLinkCredentials(
             folder=folder,

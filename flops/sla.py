@@ -61,6 +61,12 @@ class TrainingConfiguration(Strict):
     min_available_clients: int = Field(default=1, ge=1)
     min_fit_clients: int = Field(default=1, ge=1)
     min_evaluate_clients: int = Field(default=1, ge=1)
+    # Ours: hierarchical mode goes on while this many clusters reply (0: every cluster must).
+    min_clusters: int = Field(
+        default=0,
+        ge=0,
+        description="hierarchical mode: clusters whose replies a cycle needs; 0 (the default): all of them",
+    )
 
     @field_validator("data_tags", mode="before")
     @classmethod
@@ -81,8 +87,8 @@ class TrainingConfiguration(Strict):
     @model_validator(mode="after")
     def _minimums_fit(self) -> "TrainingConfiguration":
         check_client_minimums(self)
-        if self.mode is TrainingMode.HIERARCHICAL:
-            raise ValueError("hierarchical mode is not available yet: use mode 'classic'")
+        if self.min_clusters and self.mode is not TrainingMode.HIERARCHICAL:
+            raise ValueError("min_clusters is for mode 'hierarchical' only: remove it or set the mode")
         return self
 
 

@@ -22,6 +22,10 @@ GLOBAL_EXAMPLES_KEY = "global-examples"
 # Config keys with this prefix are the platform's, not hyperparameters: user code never sees them.
 PLATFORM_CONFIG_PREFIX = "flops-"
 DEFAULT_STRAGGLER_GRACE_S = 10.0
+# A cluster aggregator's reply to the root carries its cluster's report (`ClusterReport` JSON)
+# in a ConfigRecord under this name: aggregate figures per round and the learners' names.
+CLUSTER_REPORT_RECORD = "flops-cluster"
+CLUSTER_REPORT_KEY = "report"
 
 
 class StrategyName(StrEnum):
@@ -52,8 +56,82 @@ class StrategyConfig(BaseModel):
     parameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
 
+class Hierarchy(BaseModel):
+    """Hierarchical FL, as the root aggregator of a training runs it.
+
+    The root's own `rounds` are the training cycles and its learners are the cluster aggregators
+    (`clusters`); each cluster trains `cluster_rounds` rounds with its learners per cycle, with the
+    per-cluster client minimums here. The root goes on while `min_clusters` clusters reply.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    clusters: list[str] = Field(min_length=1)
+    cluster_rounds: int = Field(ge=1, le=10_000)
+    min_clusters: int = Field(ge=1)
+    min_available_clients: int = Field(default=1, ge=1)
+    min_fit_clients: int = Field(default=1, ge=1)
+    min_evaluate_clients: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "Hierarchy":
+        check_client_minimums(self)
+        if len(set(self.clusters)) != len(self.clusters):
+            raise ValueError(f"cluster names repeat: {self.clusters}")
+        if self.min_clusters > len(self.clusters):
+            raise ValueError(
+                f"min_clusters ({self.min_clusters}) exceeds the {len(self.clusters)} clusters "
+                f"({', '.join(self.clusters)}): lower min_clusters or add clusters"
+            )
+        return self
+
+
+class ClusterTask(BaseModel):
+    """What one run of a cluster aggregator's SuperLink does for a message of the root.
+
+    `train`: `rounds` rounds from the root's parameters, the first round's learners also
+    evaluating those parameters when `evaluate_received`; `evaluate`: one evaluation of them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: str = Field(min_length=1, max_length=63)
+    cycle: int = Field(ge=1)
+    task: Literal["train", "evaluate"] = "train"
+    evaluate_received: bool = False
+
+    @property
+    def folder(self) -> str:
+        """Where the run keeps its state under the cluster aggregator's state folder."""
+        return f"cycle-{self.cycle}-{self.task}"
+
+
+class ClusterReport(BaseModel):
+    """One cluster's part of a cycle, as its aggregator reports it to the root.
+
+    Aggregates only: per-round figures over the cluster's learners and the learners' names.
+    """
+
+    cluster: str
+    cycle: int
+    rounds: list["RoundReport"] = Field(default_factory=list)
+    learners: list[str] = Field(default_factory=list)
+    train_examples: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    received_loss: float | None = None
+    received_accuracy: float | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+
+
 class TrainingSpec(BaseModel):
-    """One federated training: rounds, client minimums, strategy, data and model."""
+    """One federated training: rounds, client minimums, strategy, data and model.
+
+    Hierarchical FL: the root's spec has `hierarchy` (its `rounds` are the cycles, its client
+    minimums count clusters: `Hierarchy.root_minimums`); a cluster aggregator runs each of the
+    root's messages as a training of its own, `cluster_spec` (with `cluster` set).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -86,11 +164,44 @@ class TrainingSpec(BaseModel):
     )
     repo_url: str = ""
     repo_commit: str = ""
+    hierarchy: Hierarchy | None = None
+    cluster: ClusterTask | None = None
 
     @model_validator(mode="after")
     def _client_minimums_fit(self) -> "TrainingSpec":
         check_client_minimums(self)
+        if self.hierarchy is not None and self.cluster is not None:
+            raise ValueError("a spec is the root's (hierarchy) or a cluster's (cluster), not both")
         return self
+
+    @classmethod
+    def hierarchical(cls, hierarchy: Hierarchy, cycles: int, **fields: Any) -> "TrainingSpec":
+        """The root's spec: `cycles` rounds over the cluster aggregators, all of which it waits for."""
+        clusters = len(hierarchy.clusters)
+        return cls(
+            rounds=cycles,
+            min_available_clients=clusters,
+            min_fit_clients=hierarchy.min_clusters,
+            min_evaluate_clients=hierarchy.min_clusters,
+            hierarchy=hierarchy,
+            **fields,
+        )
+
+    def cluster_spec(self, task: ClusterTask) -> "TrainingSpec":
+        """What the cluster aggregator of `task.cluster` runs for one message of this root spec."""
+        if self.hierarchy is None:
+            raise ValueError("only a hierarchical (root) spec has cluster specs")
+        hierarchy = self.hierarchy
+        return self.model_copy(
+            update={
+                "rounds": hierarchy.cluster_rounds,
+                "min_available_clients": hierarchy.min_available_clients,
+                "min_fit_clients": hierarchy.min_fit_clients,
+                "min_evaluate_clients": hierarchy.min_evaluate_clients,
+                "hierarchy": None,
+                "cluster": task,
+            }
+        )
 
 
 def check_client_minimums(config: Any) -> None:
@@ -121,6 +232,12 @@ class RoundReport(BaseModel):
     )
     duration_s: float = 0.0
     run_id: str | None = None
+    participants: list[str] = Field(
+        default_factory=list, description="the learners (names, else node ids) whose training replies were used"
+    )
+    clusters: list[ClusterReport] = Field(
+        default_factory=list, description="hierarchical FL: each cluster's part of this cycle"
+    )
 
     @property
     def finished(self) -> bool:
@@ -130,6 +247,9 @@ class RoundReport(BaseModel):
         produced no model and does not count as done.
         """
         return self.duration_s > 0
+
+
+ClusterReport.model_rebuild()
 
 
 class ModelInput(BaseModel):

@@ -596,8 +596,8 @@ class OakestraStandin:
             "status": instance.status,
             "status_detail": instance.detail,
             "publicip": "192.0.2.10",
-            "cluster_id": mongo_text(self.clusters[0].get("_id")),
-            "cluster_location": self.clusters[0].get("cluster_location", ""),
+            "cluster_id": mongo_text(self._target_cluster(service)[0].get("_id")),
+            "cluster_location": self._target_cluster(service)[0].get("cluster_location", ""),
             "worker_id": "worker1",
             "host_ip": "192.0.2.10",
             "host_port": service.doc.get("port", ""),
@@ -682,7 +682,32 @@ class OakestraStandin:
         return self._json(200, {"message": "ok"})
 
     def _outcome(self, service: Service) -> tuple[str, str] | None:
-        return self.outcomes.get(service.doc["service_name"], self.default_outcome)
+        outcome = self.outcomes.get(service.doc["service_name"], self.default_outcome)
+        if outcome is not None:
+            return outcome
+        _, refusal = self._target_cluster(service)
+        return refusal
+
+    def _target_cluster(self, service: Service) -> tuple[dict[str, Any], tuple[str, str] | None]:
+        """Where Oakestra's scheduler puts the service: the cluster its `direct` or `clusters`
+        constraint names (refused when unknown or inactive), else the first active cluster."""
+        wanted: list[str] = []
+        for constraint in service.doc.get("constraints") or []:
+            if constraint.get("type") == "direct":
+                wanted = [constraint["cluster"]]
+            elif constraint.get("type") == "clusters" and not wanted:
+                wanted = list(constraint.get("allowed") or [])
+        by_name = {cluster.get("cluster_name"): cluster for cluster in self.clusters}
+        if not wanted:
+            active = [cluster for cluster in self.clusters if cluster.get("active")]
+            return (active or self.clusters)[0], None
+        known = [by_name[name] for name in wanted if name in by_name]
+        if not known:
+            return self.clusters[0], ("TargetClusterNotFound", f"no cluster {', '.join(wanted)}")
+        active = [cluster for cluster in known if cluster.get("active")]
+        if not active:
+            return known[0], ("TargetClusterNotActive", f"cluster {', '.join(wanted)} is not active")
+        return active[0], None
 
     def running_processes(self) -> int:
         """Locally run instances whose process is still alive."""

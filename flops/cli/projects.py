@@ -162,13 +162,22 @@ def _project_table(project: dict[str, Any]) -> Table:
         shown = f"{duration:.1f} s" if duration is not None else f"{time.time() - timing['started_at']:.0f} s…"
         table.add_row(name, shown)
     for report in project.get("rounds", []):
-        accuracy = report.get("accuracy")
-        loss = report.get("loss")
-        table.add_row(
-            f"  round {report['round']}",
-            f"acc {accuracy:.4f}  loss {loss:.4f}" if accuracy is not None and loss is not None else "-",
-        )
+        clusters = report.get("clusters") or []
+        word = "cycle" if clusters else "round"
+        table.add_row(f"  {word} {report['round']}", _figures(report))
+        # Hierarchical FL: each cluster's part of the cycle, its learners and its rounds.
+        for cluster in clusters:
+            learners = ", ".join(cluster.get("learners") or []) or "-"
+            figures = f"failed: {cluster['error']}" if cluster.get("error") else _figures(cluster)
+            table.add_row(f"    {cluster['cluster']} ({learners})", figures)
+            for inner in cluster.get("rounds") or []:
+                table.add_row(f"      round {inner['round']}", _figures(inner))
     return table
+
+
+def _figures(report: dict[str, Any]) -> str:
+    accuracy, loss = report.get("accuracy"), report.get("loss")
+    return f"acc {accuracy:.4f}  loss {loss:.4f}" if accuracy is not None and loss is not None else "-"
 
 
 def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:

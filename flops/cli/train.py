@@ -10,6 +10,10 @@ happened. Bad input and failed builds are refused (exit 2) before any actor star
 
 The learners reach the aggregator over TLS with a CA made for this run and each learner's own
 key (`flops.pki`, under the run's folder), as in the manager; `--insecure-loopback` opts out.
+
+`--clusters K` trains hierarchically: a root aggregator over K cluster aggregators, each with the
+learners of its cluster (the nodes' `node.yaml` clusters when they form K clusters, else K
+contiguous blocks), `--cycles` root rounds of `--rounds` cluster rounds each.
 """
 
 import json
@@ -27,13 +31,14 @@ from flops.actors import aggregator_command, builder_command, learner_command
 from flops.build import BuildOutcome, BuildResult
 from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
+from flops.data.node_meta import NodeMetaError, assign_clusters, read_node_meta
 from flops.data.partition import node_name
 from flops.net import free_port
 from flops.pki import PKI_DIR, ProjectPKI
 from flops.processes import ManagedProcess
 from flops.progress import PROGRESS_FILE, ProgressEvent, ProgressFollower, read_summary
 from flops.tracking_server import TrackingServerError, ensure_tracking_server, local_credentials_env, run_url
-from flops.training import RoundReport, StrategyConfig, StrategyName, TrainingSpec, TrainingSummary
+from flops.training import Hierarchy, RoundReport, StrategyConfig, StrategyName, TrainingSpec, TrainingSummary
 
 console = Console(stderr=True, soft_wrap=True)
 BUILD_RESULT_FILE = "build-result.json"
@@ -95,8 +100,30 @@ def resolve_data_tags(node_dirs: list[Path], requested: list[str]) -> list[str]:
     return tags
 
 
+def group_by_cluster(node_dirs: list[Path], clusters: int) -> dict[str, list[int]]:
+    """Learner indexes (into `node_dirs`) per cluster: the nodes' own `node.yaml` clusters when they
+    make `clusters` clusters, else `clusters` contiguous blocks."""
+    try:
+        written = [read_node_meta(folder).cluster for folder in node_dirs]
+    except NodeMetaError as error:
+        raise TrainInputError(str(error)) from error
+    if len(set(written)) != clusters:
+        try:
+            written = assign_clusters(len(node_dirs), clusters)
+        except ValueError as error:
+            raise TrainInputError(f"--clusters {clusters}: {error}") from error
+    grouped: dict[str, list[int]] = {}
+    for index, cluster in enumerate(written):
+        grouped.setdefault(cluster, []).append(index)
+    return dict(sorted(grouped.items()))
+
+
 class LocalTraining:
-    """The processes of one training on this machine, and their teardown."""
+    """The processes of one training on this machine, and their teardown.
+
+    `clusters` (hierarchical FL, the spec's `hierarchy`): learner indexes per cluster; each cluster
+    gets an aggregator of its own, which joins the root aggregator.
+    """
 
     def __init__(
         self,
@@ -107,6 +134,7 @@ class LocalTraining:
         state_dir: Path,
         *,
         insecure: bool = False,
+        clusters: dict[str, list[int]] | None = None,
     ):
         self.spec = spec
         self.build = build
@@ -114,8 +142,11 @@ class LocalTraining:
         self.tracking = tracking
         self.state_dir = state_dir
         self.insecure = insecure
+        self.clusters = clusters or {}
         self.aggregator: ManagedProcess | None = None
+        self.cluster_aggregators: dict[str, ManagedProcess] = {}
         self.learners: list[ManagedProcess] = []
+        self.learner_cluster: dict[str, str] = {}
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +157,7 @@ class LocalTraining:
         port = free_port()
         names = [node_name(index) for index in range(1, len(self.node_dirs) + 1)]
         pki = None if self.insecure else ProjectPKI(self.state_dir / PKI_DIR, self.spec.project_id)
+        root_nodes = list(self.clusters) or names  # the root's SuperNodes: cluster aggregators, else learners
         self.aggregator = ManagedProcess(
             "aggregator",
             aggregator_command(
@@ -135,18 +167,42 @@ class LocalTraining:
                 port=port,
                 tracking_uri=self.tracking,
                 python=self.build.aggregator_python,
-                tls=pki.superlink(["127.0.0.1"], names) if pki else None,
+                tls=pki.superlink(["127.0.0.1"], root_nodes) if pki else None,
                 insecure=self.insecure,
             ),
             self.state_dir / "logs" / "aggregator.log",
             env=local_credentials_env(self.tracking, flops_home()),  # an observatory FLOps started: its admin
         )
+        superlink_of = dict.fromkeys(names, f"127.0.0.1:{port}")
+        for cluster, members in self.clusters.items():
+            cluster_port = free_port()
+            member_names = [names[index] for index in members]
+            self.cluster_aggregators[cluster] = ManagedProcess(
+                f"aggregator-{cluster}",
+                aggregator_command(
+                    spec_file=spec_file,
+                    repo=self.build.repo_dir,
+                    state_dir=self.state_dir / "clusters" / cluster,
+                    port=cluster_port,
+                    tracking_uri="",  # only the root tracks
+                    python=self.build.aggregator_python,
+                    tls=pki.superlink(["127.0.0.1"], member_names, cluster=cluster) if pki else None,
+                    insecure=self.insecure,
+                    cluster=cluster,
+                    root_superlink=f"127.0.0.1:{port}",
+                    root_identity=pki.supernode(cluster) if pki else None,
+                ),
+                self.state_dir / "logs" / f"aggregator-{cluster}.log",
+            )
+            for name in member_names:
+                superlink_of[name] = f"127.0.0.1:{cluster_port}"
+                self.learner_cluster[name] = cluster
         for name, folder in zip(names, self.node_dirs, strict=True):
             self.learners.append(
                 ManagedProcess(
                     name,
                     learner_command(
-                        f"127.0.0.1:{port}",
+                        superlink_of[name],
                         folder,
                         self.spec.data_tags,
                         name,
@@ -173,9 +229,12 @@ class LocalTraining:
                     on_event(event)
                 code, tail = self.aggregator.returncode(), self.aggregator.log_tail()
                 return read_summary(self.state_dir) or self._failed(f"aggregator exited with code {code}:\n{tail}")
+            lost = self.lost_clusters() if self.clusters else None
+            if lost:
+                return self._failed(lost)
             dead = [learner for learner in self.learners if not learner.running()]
             alive = len(self.learners) - len(dead)
-            if dead and alive < self.spec.min_available_clients:
+            if not self.clusters and dead and alive < self.spec.min_available_clients:
                 details = "\n".join(f"{p.name} (exit {p.returncode()}): {p.log_tail(5)}" for p in dead)
                 return self._failed(
                     f"{len(dead)} learner(s) stopped; {alive} left of the {self.spec.min_available_clients} "
@@ -184,11 +243,36 @@ class LocalTraining:
             time.sleep(0.3)
         return self._failed(f"training did not finish within {timeout:.0f} s")
 
+    def lost_clusters(self) -> str | None:
+        """Why the training cannot finish when fewer clusters than `min_clusters` can still take part
+        (their aggregator stopped, or too few of their learners run); None while enough can."""
+        assert self.spec.hierarchy is not None
+        reasons: dict[str, str] = {}
+        for cluster, aggregator in self.cluster_aggregators.items():
+            if not aggregator.running():
+                reasons[cluster] = f"its aggregator stopped (exit {aggregator.returncode()}): {aggregator.log_tail(3)}"
+                continue
+            members = [p for p in self.learners if self.learner_cluster.get(p.name) == cluster]
+            alive = sum(1 for p in members if p.running())
+            if alive < self.spec.hierarchy.min_available_clients:
+                reasons[cluster] = (
+                    f"{alive} of its learners run, {self.spec.hierarchy.min_available_clients} are required"
+                )
+        left = len(self.cluster_aggregators) - len(reasons)
+        if not reasons or left >= self.spec.hierarchy.min_clusters:
+            return None
+        listing = "\n".join(f"cluster {cluster}: {reason}" for cluster, reason in sorted(reasons.items()))
+        return (
+            f"{len(reasons)} cluster(s) lost ({', '.join(sorted(reasons))}); {left} left of the "
+            f"{self.spec.hierarchy.min_clusters} required (min_clusters):\n{listing}"
+        )
+
     def _failed(self, error: str) -> TrainingSummary:
         return TrainingSummary(status="failed", project_id=self.spec.project_id, error=error)
 
     def stop(self) -> None:
-        for process in [*self.learners, *([self.aggregator] if self.aggregator else [])]:
+        aggregators = [*self.cluster_aggregators.values(), *([self.aggregator] if self.aggregator else [])]
+        for process in [*self.learners, *aggregators]:
             process.stop()
 
 
@@ -274,14 +358,22 @@ def _show_build(build: BuildResult, elapsed: float) -> None:
         console.print(f"[yellow]dependency warning:[/yellow] {escape(str(warning))}", highlight=False)
 
 
-def _show(event: ProgressEvent, rounds: int) -> None:
+def _show(event: ProgressEvent, rounds: int, hierarchical: bool = False) -> None:
     if event.kind == "round" and event.round is not None:
         report: RoundReport = event.round
+        word, actors = ("cycle", "clusters") if hierarchical else ("round", "learners")
         console.print(
-            f"round {report.round}/{rounds}  accuracy {_fmt(report.accuracy)}  loss {_fmt(report.loss)}  "
-            f"local accuracy {_fmt(report.local_accuracy)}  learners {report.learners}  "
+            f"{word} {report.round}/{rounds}  accuracy {_fmt(report.accuracy)}  loss {_fmt(report.loss)}  "
+            f"local accuracy {_fmt(report.local_accuracy)}  {actors} {report.learners}  "
             f"{report.duration_s:.1f} s"
         )
+        for cluster in report.clusters:
+            console.print(
+                f"  {cluster.cluster}: {len(cluster.rounds)} rounds, accuracy {_fmt(cluster.accuracy)}, "
+                f"learners {', '.join(cluster.learners) or '-'}  {cluster.duration_s:.1f} s"
+            )
+        for failure in report.failures:
+            console.print(f"  [red]failed:[/red] {escape(failure)}")
     elif event.message and event.kind != "round":
         console.print(f"[dim]{event.kind}:[/dim] {event.message}")
 
@@ -295,7 +387,10 @@ def train_command(
     data_dir: Path = typer.Option(..., "--data-dir", help="folder with one data folder per node"),
     learners: int = typer.Option(2, "--learners", "-n", min=1),
     min_available: int = typer.Option(0, "--min-available-clients", help="learners to wait for (default: all)"),
-    rounds: int = typer.Option(3, "--rounds", "-r", min=1),
+    rounds: int = typer.Option(3, "--rounds", "-r", min=1, help="rounds (with --clusters: per cluster and cycle)"),
+    clusters: int = typer.Option(0, "--clusters", min=0, help="train hierarchically with K cluster aggregators"),
+    cycles: int = typer.Option(1, "--cycles", min=1, help="with --clusters: rounds between root and clusters"),
+    min_clusters: int = typer.Option(0, "--min-clusters", min=0, help="with --clusters: clusters to go on with"),
     strategy: StrategyName = typer.Option(StrategyName.FEDAVG, "--strategy"),
     strategy_param: list[str] = typer.Option([], "--strategy-param", help="key=value, repeatable"),
     hyperparameter: list[str] = typer.Option([], "--hp", help="key=value for user code, repeatable"),
@@ -324,6 +419,7 @@ def train_command(
         tags = resolve_data_tags(node_dirs, [t for tag in data_tags for t in tag.split(",") if t])
         strategy_parameters = parse_assignments(strategy_param, "--strategy-param")
         hyperparameters = parse_assignments(hyperparameter, "--hp")
+        grouped = group_by_cluster(node_dirs, clusters) if clusters else {}
     except TrainInputError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
@@ -341,22 +437,37 @@ def train_command(
         raise typer.Exit(2) from error
     _show_build(build, time.monotonic() - started)
     try:
-        spec = TrainingSpec(
-            project_id=run_id,
-            model_name=name,
-            experiment_name=experiment or None,
-            model_flavor=flavor,  # type: ignore[arg-type]
-            rounds=rounds,
-            min_available_clients=min_available or learners,
-            min_fit_clients=min_available or learners,
-            min_evaluate_clients=min_available or learners,
-            data_tags=tags,
-            strategy=StrategyConfig(name=strategy, parameters=strategy_parameters),
-            hyperparameters=hyperparameters,
-            learner_wait_timeout=learner_timeout,
-            repo_url=repo_url,
-            repo_commit=build.commit,
-        )
+        common: dict[str, Any] = {
+            "project_id": run_id,
+            "model_name": name,
+            "experiment_name": experiment or None,
+            "model_flavor": flavor,
+            "data_tags": tags,
+            "strategy": StrategyConfig(name=strategy, parameters=strategy_parameters),
+            "hyperparameters": hyperparameters,
+            "learner_wait_timeout": learner_timeout,
+            "repo_url": repo_url,
+            "repo_commit": build.commit,
+        }
+        if grouped:
+            per_cluster = min_available or min(len(members) for members in grouped.values())
+            hierarchy = Hierarchy(
+                clusters=list(grouped),
+                cluster_rounds=rounds,
+                min_clusters=min_clusters or len(grouped),
+                min_available_clients=per_cluster,
+                min_fit_clients=per_cluster,
+                min_evaluate_clients=per_cluster,
+            )
+            spec = TrainingSpec.hierarchical(hierarchy, cycles, **common)
+        else:
+            spec = TrainingSpec(
+                rounds=rounds,
+                min_available_clients=min_available or learners,
+                min_fit_clients=min_available or learners,
+                min_evaluate_clients=min_available or learners,
+                **common,
+            )
         uri = tracking or tracking_uri()
         started_pid = ensure_tracking_server(uri, home / "observatory")
     except (TrackingServerError, ValidationError) as error:
@@ -364,13 +475,22 @@ def train_command(
         raise typer.Exit(2) from error
     if started_pid:
         console.print(f"observatory started at {uri} (pid {started_pid}); it keeps running for the UI")
-    console.print(f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}")
+    if grouped:
+        layout = ", ".join(f"{cluster}: {len(members)}" for cluster, members in grouped.items())
+        console.print(
+            f"training [bold]{spec.project_id}[/bold] hierarchically: {cycles} cycles x {rounds} rounds, "
+            f"{len(grouped)} clusters ({layout} learners), {strategy.value}"
+        )
+    else:
+        console.print(
+            f"training [bold]{spec.project_id}[/bold]: {learners} learners x {rounds} rounds, {strategy.value}"
+        )
     if insecure_loopback:
         console.print("[yellow]warning:[/yellow] --insecure-loopback: plain HTTP, any SuperNode may join")
-    training = LocalTraining(spec, build, node_dirs, uri, state_dir, insecure=insecure_loopback)
+    training = LocalTraining(spec, build, node_dirs, uri, state_dir, insecure=insecure_loopback, clusters=grouped)
     try:
         training.start()
-        summary = training.follow(lambda event: _show(event, rounds), timeout)
+        summary = training.follow(lambda event: _show(event, spec.rounds, hierarchical=bool(grouped)), timeout)
     finally:
         training.stop()
     _print_summary(summary, uri)

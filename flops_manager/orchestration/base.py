@@ -13,10 +13,13 @@ fails the project's stage on permanent ones; `error.transient` tells them apart.
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from flops.data.node_meta import NodeMetaError, read_node_meta
 from flops_manager.models import ProcessHandle
 
 
@@ -140,3 +143,24 @@ class Orchestrator(ABC):
         release and the answer is False. Errors as for `undeploy`.
         """
         return False
+
+    def node_clusters(self, nodes: Mapping[str, Path]) -> dict[str, list[str]]:
+        """Hierarchical FL: the clusters of the nodes learners go to (node name -> its data folder),
+        as cluster name -> node names, both sorted.
+
+        The default (one machine, or containers on it): each node folder's `node.yaml`
+        (`flops.data.node_meta`; cluster `default` without one). Raises `OrchestratorError` for a
+        node whose metadata is invalid, or whose cluster the backend does not know.
+        """
+        clusters: dict[str, list[str]] = {}
+        for name, folder in sorted(nodes.items()):
+            try:
+                cluster = read_node_meta(folder).cluster
+            except NodeMetaError as error:
+                raise OrchestratorError(str(error)) from error
+            clusters.setdefault(cluster, []).append(name)
+        return dict(sorted(clusters.items()))
+
+    def cluster_placement(self, cluster: str) -> str | None:
+        """The `ServiceSpec.node` that places a service in `cluster`; None (the default): no constraint."""
+        return None

@@ -3,6 +3,12 @@
 Each actor's command line comes from `flops.actors`; `ActorPlan` only says how the actors run
 on the project's backend (this machine's build environments, or the images' console scripts
 with the code inside the image).
+
+Hierarchical FL (`mode: hierarchical`): the placed nodes are grouped by cluster (the backend's
+`node_clusters`: node metadata locally and on docker, Oakestra's active clusters there); one
+cluster aggregator (`aggregator-<cluster>`, placed in its cluster) per cluster joins the root
+aggregator, and each learner dials its cluster's aggregator. Only the root gets the tracking
+identity and a broker user.
 """
 
 import logging
@@ -15,8 +21,10 @@ from flops.actors import aggregator_command, learner_command
 from flops.build import IMAGE_APP_DIR, BuildResult
 from flops.events import Component
 from flops.net import free_port
+from flops.pki import SuperNodeCredentials
+from flops.sla import TrainingMode
 from flops.tracking_auth import CREDENTIALS_FILE_ENV
-from flops.training import TrainingSpec
+from flops.training import Hierarchy, TrainingSpec
 from flops_manager.models import ProcessHandle, Project, ProjectStatus, registry_name
 from flops_manager.nodes import LocalNode, PlacementError, discover_nodes, place_learners
 from flops_manager.orchestration.base import Orchestrator, OrchestratorError, ServiceSpec
@@ -25,7 +33,7 @@ from flops_manager.stages import training
 from flops_manager.stages.context import StageContext
 from flops_manager.stages.credentials import actor_mqtt_env
 from flops_manager.stages.errors import StageError
-from flops_manager.stages.flower_tls import check_dialled, container_mounts, issue
+from flops_manager.stages.flower_tls import FlowerCredentials, check_dialled, container_mounts, issue
 from flops_manager.tracking_identities import prepare_training
 
 log = logging.getLogger("flops.manager")
@@ -34,27 +42,71 @@ AGGREGATOR = "aggregator"
 SPEC_FILE = "spec.json"
 
 
-def training_spec(project: Project, build: BuildResult) -> TrainingSpec:
-    """What the aggregator runs: the SLA's training configuration at the built commit."""
+def training_spec(project: Project, build: BuildResult, clusters: Sequence[str] = ()) -> TrainingSpec:
+    """What the aggregator runs: the SLA's training configuration at the built commit.
+
+    `clusters` (hierarchical mode): the clusters' names; the spec is then the root's.
+    """
     sla = project.sla
     config = sla.training_configuration
+    common: dict[str, Any] = {
+        "project_id": project.project_id,
+        "model_name": registry_name(project.customer_id, sla),  # `<customerID>.<name>` in MLflow
+        "model_flavor": sla.ml_model_flavor,
+        "data_tags": config.data_tags,
+        "strategy": sla.strategy,
+        "hyperparameters": sla.hyperparameters,
+        "best_model_metric": sla.best_model_metric,
+        "learner_wait_timeout": sla.learner_wait_timeout,
+        "straggler_grace_s": sla.straggler_grace_s,
+        "repo_url": sla.ml_repo_url,
+        "repo_commit": build.commit,
+    }
+    if config.mode is TrainingMode.HIERARCHICAL:
+        hierarchy = Hierarchy(
+            clusters=list(clusters),
+            cluster_rounds=config.training_rounds,
+            min_clusters=config.min_clusters or len(clusters),
+            min_available_clients=config.min_available_clients,
+            min_fit_clients=config.min_fit_clients,
+            min_evaluate_clients=config.min_evaluate_clients,
+        )
+        return TrainingSpec.hierarchical(hierarchy, config.training_cycles, **common)
     return TrainingSpec(
-        project_id=project.project_id,
-        model_name=registry_name(project.customer_id, sla),  # `<customerID>.<name>` in MLflow
-        model_flavor=sla.ml_model_flavor,
         rounds=config.training_rounds,
         min_available_clients=config.min_available_clients,
         min_fit_clients=config.min_fit_clients,
         min_evaluate_clients=config.min_evaluate_clients,
-        data_tags=config.data_tags,
-        strategy=sla.strategy,
-        hyperparameters=sla.hyperparameters,
-        best_model_metric=sla.best_model_metric,
-        learner_wait_timeout=sla.learner_wait_timeout,
-        straggler_grace_s=sla.straggler_grace_s,
-        repo_url=sla.ml_repo_url,
-        repo_commit=build.commit,
+        **common,
     )
+
+
+def group_clusters(orchestrator: Orchestrator, nodes: list[LocalNode], project: Project) -> dict[str, list[str]]:
+    """Hierarchical mode: the placed nodes' clusters (cluster -> node names); every cluster must be able
+    to reach its minimum of learners, and there must be at least `min_clusters` clusters."""
+    config = project.sla.training_configuration
+    try:
+        clusters = orchestrator.node_clusters({node.name: node.data_dir for node in nodes})
+    except OrchestratorError as error:
+        if error.transient:
+            raise
+        raise StageError(STAGE, f"cannot group the learners' nodes into clusters: {error}") from error
+    small = {name: members for name, members in clusters.items() if len(members) < config.min_available_clients}
+    if small:
+        listing = "; ".join(f"cluster {name}: {', '.join(members)}" for name, members in sorted(small.items()))
+        raise StageError(
+            STAGE,
+            f"min_available_clients is {config.min_available_clients} per cluster, but {listing} hold(s) fewer "
+            "nodes with the project's data: lower min_available_clients, or put more nodes in those clusters "
+            "(node.yaml, `flops data partition --clusters`)",
+        )
+    if config.min_clusters > len(clusters):
+        raise StageError(
+            STAGE,
+            f"min_clusters is {config.min_clusters}, but the project's nodes form {len(clusters)} cluster(s) "
+            f"({', '.join(clusters)}): lower min_clusters or add clusters",
+        )
+    return clusters
 
 
 @dataclass(frozen=True)
@@ -129,7 +181,8 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
 
 
 def deploy_actors(ctx: StageContext, project: Project) -> None:
-    """The aggregator, then one learner per placed node; nothing stays deployed if one fails."""
+    """The aggregator (with hierarchical mode: the root, then one per cluster), then one learner per
+    placed node; nothing stays deployed if one fails."""
     if project.build is None:
         raise StageError(STAGE, "no build is recorded for this project")
     sla = project.sla
@@ -139,7 +192,9 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
         nodes = place_learners(discover_nodes(ctx.settings.nodes_dir), config.data_tags, config.min_available_clients)
     except PlacementError as error:
         raise StageError(STAGE, str(error)) from error
-    spec = training_spec(project, project.build)
+    hierarchical = config.mode is TrainingMode.HIERARCHICAL
+    clusters = group_clusters(orchestrator, nodes, project) if hierarchical else {}
+    spec = training_spec(project, project.build, list(clusters))
     run_dir = ctx.run_dir(project.project_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking = prepare_training(ctx.settings, project, spec, run_dir, files=orchestrator.name == "local")
@@ -157,8 +212,10 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
     aggregator_reads = [plan.repo_dir]
     aggregator_reads += [tracking.env[CREDENTIALS_FILE_ENV]] if tracking.env.get(CREDENTIALS_FILE_ENV) else []
     aggregator_writes = [state_dir]
-    # TLS and node identity on the Flower links (flops.pki): the SuperLink's files, a key per learner.
-    flower = issue(orchestrator, project.project_id, run_dir, AGGREGATOR, [n.name for n in nodes], stage=STAGE)
+    # TLS and node identity on the Flower links (flops.pki): the SuperLink's files, a key per SuperNode
+    # (the learners', or in hierarchical mode the cluster aggregators').
+    root_nodes = list(clusters) if hierarchical else [n.name for n in nodes]
+    flower = issue(orchestrator, project.project_id, run_dir, AGGREGATOR, root_nodes, stage=STAGE)
     aggregator_reads += [str(flower.superlink.folder)]
     aggregator = ServiceSpec(
         project_id=project.project_id, name=AGGREGATOR, role=AGGREGATOR, image=plan.images.get("aggregator"),
@@ -177,13 +234,22 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
         handles.append(orchestrator.deploy(aggregator))
         superlink = f"{handles[0].address or '127.0.0.1'}:{port}"
         check_dialled(flower, handles[0].address or "127.0.0.1", stage=STAGE)
+        dials = dict.fromkeys((node.name for node in nodes), superlink)
+        identities = {node.name: flower for node in nodes}  # whose SuperLink knows each learner's key
+        for cluster, members in clusters.items():
+            cluster_superlink, cluster_flower = deploy_cluster_aggregator(
+                ctx, project, orchestrator, plan, spec, cluster, members, superlink, flower.supernode(cluster),
+                resources, handles,
+            )  # fmt: skip
+            dials.update(dict.fromkeys(members, cluster_superlink))
+            identities.update(dict.fromkeys(members, cluster_flower))
         for node in nodes:
-            identity = flower.supernode(node.name)
+            identity = identities[node.name].supernode(node.name)
             learner = ServiceSpec(
                 project_id=project.project_id, name=f"learner-{node.name}", role="learner", node=node.name,
                 image=plan.images.get("learner"),
                 command=learner_command(
-                    superlink, plan.data_dir(node), config.data_tags, node.name,
+                    dials[node.name], plan.data_dir(node), config.data_tags, node.name,
                     python=plan.learner_python, in_image=plan.in_image, identity=identity,
                 ),
                 env={
@@ -202,6 +268,50 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
         undeploy_quietly(orchestrator, handles)
         raise
     ctx.add_handles(project.project_id, handles)
+
+
+def cluster_service(cluster: str) -> str:
+    """The service name of a cluster's aggregator."""
+    return f"{AGGREGATOR}-{cluster}"
+
+
+def deploy_cluster_aggregator(
+    ctx: StageContext,
+    project: Project,
+    orchestrator: Orchestrator,
+    plan: ActorPlan,
+    spec: TrainingSpec,
+    cluster: str,
+    members: list[str],
+    root_superlink: str,
+    root_identity: SuperNodeCredentials,
+    resources: dict[str, Any],
+    handles: list[ProcessHandle],
+) -> tuple[str, FlowerCredentials]:
+    """The aggregator of `cluster`, placed in it: a SuperLink for `members` and a SuperNode of the root.
+    Appends its handle to `handles`; the address its learners dial and their credentials."""
+    run_dir = ctx.run_dir(project.project_id)
+    service = cluster_service(cluster)
+    flower = issue(orchestrator, project.project_id, run_dir, service, members, stage=STAGE, cluster=cluster)
+    port = free_port()
+    state_dir = str(run_dir / "clusters" / cluster) if plan.local else f"/tmp/flops-{project.project_id}-{cluster}"
+    command = aggregator_command(
+        spec_json=spec.model_dump_json(), repo=plan.repo_dir, state_dir=state_dir,
+        host="127.0.0.1" if plan.local else "0.0.0.0", port=port, tracking_uri="",  # only the root tracks
+        python=plan.aggregator_python, in_image=plan.in_image, tls=flower.superlink,
+        cluster=cluster, root_superlink=root_superlink, root_identity=root_identity,
+    )  # fmt: skip
+    aggregator = ServiceSpec(
+        project_id=project.project_id, name=service, role="cluster-aggregator", image=plan.images.get("aggregator"),
+        command=command, ports={"superlink": port}, node=orchestrator.cluster_placement(cluster), **resources,
+        read_only_paths=[plan.repo_dir, str(flower.superlink.folder), str(root_identity.folder)],
+        writable_paths=[state_dir],
+        read_only_mounts=container_mounts(plan.backend, flower.superlink.folder, root_identity.folder),
+    )  # fmt: skip
+    handle = orchestrator.deploy(aggregator)
+    handles.append(handle)
+    check_dialled(flower, handle.address or "127.0.0.1", stage=STAGE)
+    return f"{handle.address or '127.0.0.1'}:{port}", flower
 
 
 def undeploy_quietly(orchestrator: Orchestrator, handles: list[ProcessHandle]) -> None:

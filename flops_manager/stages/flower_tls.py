@@ -55,12 +55,23 @@ def superlink_hosts(orchestrator: Orchestrator, project_id: str, service: str) -
 
 
 def issue(
-    orchestrator: Orchestrator, project_id: str, run_dir: Path, service: str, nodes: Sequence[str], *, stage: str
+    orchestrator: Orchestrator,
+    project_id: str,
+    run_dir: Path,
+    service: str,
+    nodes: Sequence[str],
+    *,
+    stage: str,
+    cluster: str | None = None,
 ) -> FlowerCredentials:
-    """The project's SuperLink certificate for every address learners dial, and a key per learner in `nodes`."""
+    """The project's SuperLink certificate for every address learners dial, and a key per learner in `nodes`.
+
+    `cluster`: the SuperLink of that cluster's aggregator `service` (hierarchical FL), whose
+    SuperNodes are its learners; the root's SuperNodes are the cluster aggregators.
+    """
     pki = ProjectPKI(run_dir / PKI_DIR, project_id)
     try:
-        superlink = pki.superlink(superlink_hosts(orchestrator, project_id, service), nodes)
+        superlink = pki.superlink(superlink_hosts(orchestrator, project_id, service), nodes, cluster=cluster)
         supernodes = {node: pki.supernode(node) for node in nodes}
     except (OSError, PKIError) as error:
         raise StageError(

@@ -12,6 +12,7 @@ within the round's grace period (`learner_wait_timeout`).
 """
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -65,6 +66,12 @@ class SpecRecorder(Orchestrator):
 
     def undeploy_project(self, project_id: str) -> bool:
         return self.inner.undeploy_project(project_id)
+
+    def node_clusters(self, nodes: Mapping[str, Path]) -> dict[str, list[str]]:
+        return self.inner.node_clusters(nodes)
+
+    def cluster_placement(self, cluster: str) -> str | None:
+        return self.inner.cluster_placement(cluster)
 
     def __getattr__(self, name: str) -> object:  # whatever else the backend offers
         return getattr(self.inner, name)

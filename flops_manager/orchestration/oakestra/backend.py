@@ -15,6 +15,10 @@ in the aggregator's TLS certificate); `deploy` then uses the reservation.
 Mounts: a spec's `read_only_mounts` (an actor's certificates and keys) become SLA `volumes` of
 the CSI driver in `FLOPS_OAKESTRA_VOLUME_CSI_DRIVER`; without one such a spec is refused.
 
+Hierarchical FL: the clusters are Oakestra's active clusters (`GET /api/clusters/active`); a
+learner's cluster is the one its node is placed in (`FLOPS_OAKESTRA_PLACEMENT`), and each cluster
+aggregator is placed in its cluster with a `direct` constraint.
+
 Errors come from `OakestraClient`: unreachable, timeouts and 5xx are transient, refusals
 permanent with Oakestra's message; `failed_services` in an HTTP 200 answer is a refusal too.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -231,6 +236,35 @@ class OakestraOrchestrator(Orchestrator):
             self._remove(handle)
             raise
         return handle
+
+    def active_clusters(self) -> list[str]:
+        """The names of Oakestra's active clusters."""
+        answer = self.client.request("GET", "/api/clusters/active", auth=False)
+        documents = answer if isinstance(answer, list) else []
+        return sorted(str(c["cluster_name"]) for c in documents if isinstance(c, dict) and c.get("cluster_name"))
+
+    def node_clusters(self, nodes: Mapping[str, Path]) -> dict[str, list[str]]:
+        """Each node's cluster is the Oakestra cluster its placement names; every one must be active."""
+        active = set(self.active_clusters())
+        clusters: dict[str, list[str]] = {}
+        for name in sorted(nodes):
+            placement = self.settings.placement.get(name, "")
+            cluster = placement.split(",")[0].partition("/")[0].strip()
+            if not cluster:
+                raise OrchestratorError(
+                    f"node {name} has no Oakestra placement: name its cluster in FLOPS_OAKESTRA_PLACEMENT "
+                    f'(e.g. {{"{name}": "cluster1"}}) for hierarchical training'
+                )
+            if cluster not in active:
+                listing = ", ".join(sorted(active)) or "none"
+                raise OrchestratorError(
+                    f"node {name} is placed in Oakestra cluster {cluster}, which is not active (active: {listing})"
+                )
+            clusters.setdefault(cluster, []).append(name)
+        return dict(sorted(clusters.items()))
+
+    def cluster_placement(self, cluster: str) -> str | None:
+        return cluster
 
     def _service(self, handle: ProcessHandle) -> dict[str, Any] | None:
         _, service_id = split_ref(handle)
