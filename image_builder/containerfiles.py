@@ -40,6 +40,8 @@ TRACKING_MODULES = ("mlflow", "mlflow.tracking", "mlflow.models", "mlflow.sklear
 AGGREGATOR_MODULES = (
     "flwr.superlink.cli", "flwr.supercore.cli", "flwr.serverapp",
     "aggregator.main", "aggregator.server_app", "aggregator.tracking",
+    # a cluster aggregator (hierarchical FL) is also a SuperNode of the root, with its own ClientApp
+    "flwr.supernode.cli", "learner.main", "learner.warm_clientapp", "aggregator.cluster_client",
 )  # fmt: skip
 INFERENCE_MODULES = ("mlflow.pyfunc", "mlflow.pyfunc.scoring_server", "mlflow.models")
 

@@ -246,6 +246,40 @@ def test_second_submit_skips_the_build_and_cancel_removes_containers(
     assert project_containers(world, project_id) == []
 
 
+@pytest.mark.timeout(1200)
+def test_hierarchical_project_runs_a_container_per_cluster_aggregator(
+    world: ContainerWorld, completed: dict[str, Any], manager: Manager, digits_repo: Path, report: dict[str, Any]
+) -> None:
+    """Issue 14 on docker: node.yaml decides the clusters; each cluster aggregator is a container of the
+    aggregator image that its learners' containers dial, and that dials the root's container."""
+    data = {"dataset_name": "digits", "number_of_partitions": 4, "data_tag": "hdigits", "number_of_clusters": 2}
+    body = {"customerID": CUSTOMER, "mock_data_configuration": data}
+    assert manager.call("POST", "/api/flops/mocks", json=body).status_code == 200
+    document = docker_sla(digits_repo, rounds=2)
+    document["training_configuration"].update({"mode": "hierarchical", "training_cycles": 2, "data_tags": ["hdigits"]})
+    clock = Stopwatch()
+    answer = manager.call("POST", "/api/flops/projects", json=document)
+    assert answer.status_code == 200, answer.text
+    project_id = answer.json()["project_id"]
+    running = manager.wait_for(project_id, ("training", *FINAL), timeout=600)
+    while_training = project_containers(world, project_id) if running["status"] == "training" else []
+    project = manager.wait_for(project_id, FINAL, timeout=900)
+    report["docker_hierarchical_project_s"] = clock.elapsed
+    assert project["status"] == "completed", (project["error"], manager.log())
+    assert project["build"]["reused"] is True
+    assert [cycle["round"] for cycle in project["rounds"]] == [1, 2] and project["rounds"][-1]["accuracy"] > 0.8
+    clusters = {c["cluster"]: c["learners"] for c in project["rounds"][-1]["clusters"]}
+    assert clusters == {"cluster-1": ["node-1", "node-2"], "cluster-2": ["node-3", "node-4"]}
+    services = {c["Config"]["Labels"]["flops.service"]: c for c in while_training}
+    expected = {"aggregator", "aggregator-cluster-1", "aggregator-cluster-2"} | {
+        f"learner-node-{i}" for i in range(1, 5)
+    }
+    assert expected <= set(services), sorted(services)
+    aggregator_image = project["image_refs"]["aggregator"].split("/", 1)[1]
+    assert services["aggregator-cluster-1"]["Config"]["Image"].endswith(aggregator_image)
+    assert project_containers(world, project_id) == []
+
+
 @pytest.mark.timeout(900)
 def test_code_only_change_reuses_the_dependency_layer(
     world: ContainerWorld, completed: dict[str, Any], manager: Manager, digits_repo: Path, report: dict[str, Any]

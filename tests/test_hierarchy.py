@@ -16,10 +16,14 @@ from flops.cli.train import TrainInputError, group_by_cluster
 from flops.data.node_meta import NodeMeta, write_node_meta
 from flops.sla import SLAError, parse_sla
 from flops.training import SPEC_RUN_CONFIG_KEY, ClusterTask, Hierarchy, TrainingSpec
+from flops_manager.models import Project
+from flops_manager.nodes import LocalNode
 from flops_manager.orchestration.addresses import AddressAllocator
 from flops_manager.orchestration.base import OrchestratorError
 from flops_manager.orchestration.local import LocalOrchestrator
 from flops_manager.orchestration.oakestra import OakestraOrchestrator, OakestraSettings
+from flops_manager.stages.deploy import group_clusters
+from flops_manager.stages.errors import StageError
 from flops_manager.store import open_store
 from tests.oakestra_standin import OakestraStandin
 
@@ -154,3 +158,18 @@ def test_oakestra_clusters_are_its_active_clusters_of_the_nodes_placements(tmp_p
             backend.node_clusters({"node-9": tmp_path})
         backend.client.close()
     store.close()
+
+
+def test_deploy_refuses_clusters_that_cannot_reach_their_minimum_naming_them(tmp_path: Path) -> None:
+    folders = node_folders(tmp_path, ["east", "east", "west"])
+    nodes = [LocalNode(name=folder.name, data_dir=folder, tags=["digits"]) for folder in folders]
+    backend = LocalOrchestrator(tmp_path / "runs")
+
+    def project(**configuration: Any) -> Project:
+        return Project(project_id="p-1", customer_id="acme", sla=parse_sla(sla(mode="hierarchical", **configuration)))
+
+    assert group_clusters(backend, nodes, project()) == {"east": ["node-1", "node-2"], "west": ["node-3"]}
+    with pytest.raises(StageError, match="but cluster west: node-3 hold"):
+        group_clusters(backend, nodes, project(min_available_clients=2))
+    with pytest.raises(StageError, match="min_clusters is 3, but the project's nodes form 2 cluster"):
+        group_clusters(backend, nodes, project(min_clusters=3))
