@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -30,9 +32,19 @@ class ScriptedGrid(Grid):
     """A grid whose node `n` replies `reply_after[n]` seconds after the push (NEVER: not at all),
     with an error reply for the nodes in `failing`; message ids are set on push as Flower's HttpGrid does."""
 
-    def __init__(self, reply_after: dict[int, float | None], failing: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        reply_after: dict[int, float | None],
+        failing: frozenset[int] = frozenset(),
+        names: dict[int, str] | None = None,
+        unavailable: frozenset[int] = frozenset(),
+    ) -> None:
+        """`names`: the nodes' registered names; `unavailable`: nodes for which the SuperLink itself
+        answers with an error (as for a node whose heartbeats stopped)."""
         self.reply_after = reply_after
         self.failing = failing
+        self.names = names or {}
+        self.unavailable = unavailable
         self.pushes = 0
         self.closed = False
         self._pushed_at = 0.0
@@ -52,6 +64,9 @@ class ScriptedGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.reply_after)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return [NodeInfo(node_id=node, name=self.names.get(node, "")) for node in self.reply_after]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self.pushes += 1
@@ -73,8 +88,13 @@ class ScriptedGrid(Grid):
             delay = self.reply_after[message.metadata.dst_node_id]
             if delay is not NEVER and elapsed >= delay:
                 del self._waiting[message_id]
-                failed = message.metadata.dst_node_id in self.failing
-                content = Error(code=0, reason="boom") if failed else RecordDict()
+                node = message.metadata.dst_node_id
+                if node in self.unavailable:
+                    reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                    replies.append(reply)
+                    continue
+                content = Error(code=0, reason="boom") if node in self.failing else RecordDict()
                 replies.append(Message(content, reply_to=message))
         return replies
 
@@ -177,4 +197,30 @@ def test_the_session_records_stragglers_apart_from_failures(tmp_path: Path) -> N
     assert [reply.metadata.src_node_id for reply in ok] == [1]
     report = session.report(1)
     assert report.stragglers == ["3"]
-    assert report.failures == ["boom"]
+    assert report.failures == ["2: boom"]  # the node's id where it has no registered name
+
+
+def test_failures_stragglers_and_participants_are_named_by_the_nodes_registered_names(tmp_path: Path) -> None:
+    names = {11: "cluster-1", 12: "cluster-2", 13: "cluster-3", 14: "cluster-4"}
+    inner = ScriptedGrid(
+        {11: 0.0, 12: 0.0, 13: 0.0, 14: NEVER}, failing=frozenset({12}), names=names, unavailable=frozenset({13})
+    )
+    grid = GraceGrid(inner, grace_s=0.0)
+    session = TrainingSession(TrainingSpec(project_id="p", model_name="m"), ProgressLog(tmp_path), None, grid)
+    grid.expect_replies(1)
+    replies = list(grid.send_and_receive(train_messages(grid), timeout=0.3))
+    # The SuperLink's own error reply names no node: the grid knows which message it answers.
+    assert sorted(grid.destination(reply) or 0 for reply in replies) == [11, 12, 13]
+    ok = session.accept_replies(1, replies, minimum=1, phase="training")
+    report = session.report(1)
+    assert session.participants(ok) == ["cluster-1"]
+    assert report.failures == ["cluster-2: boom", "cluster-3: Error: Node Unavailable"]
+    assert report.stragglers == ["cluster-4"]
+    assert session.missing == [
+        ("cluster-2", "boom"),
+        ("cluster-3", "Error: Node Unavailable"),
+        ("cluster-4", "no reply before the phase closed (straggler)"),
+    ]
+    with pytest.raises(Exception, match="round 2 training: 1 of the required 2 learners succeeded: cluster-2: boom"):
+        grid.expect_replies(2)
+        session.accept_replies(2, list(grid.send_and_receive(train_messages(grid), timeout=0.3)), 2, "training")
