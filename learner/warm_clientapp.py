@@ -8,7 +8,8 @@ Contract: the learner runs `python -m learner.warm_clientapp supernode ARGS` (Fl
 flower-supernode with adaptive polling) and, in a thread of that same process, its SuperExec
 (one process less per learner: Flower's SuperExec and SuperNode import the same modules). The
 SuperExec hands the token of each ClientApp task to the worker process of the task's run, and
-starts that worker (`python -m learner.warm_clientapp worker`) on the run's first task. A worker
+starts that worker (`python -m learner.warm_clientapp worker`; the first one as the SuperNode starts,
+bound to the run of the first task it gets) on the run's first task. A worker
 serves one run only: a task of another run gets a worker of its own, and a worker whose run is
 no longer the latest one is stopped, so nothing one run imported or loaded is ever visible to
 another's code. A worker runs each task as `flwr-clientapp` does (pull the message, context and
@@ -109,6 +110,10 @@ class WarmClientAppPlugin(AutoExecPlugin):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.worker: RunWorker | None = None
+        # The first run's worker starts with the SuperNode, before any task: Flower and NumPy are
+        # imported by the time the first message comes, so its task token's first heartbeat is on time
+        # even when many learners start on one machine (a late one expires the token: the task fails).
+        self.spare: RunWorker | None = RunWorker(0, self.worker_command())
         atexit.register(self.close_worker, finish_task=False)
 
     def launch_task(self, token: str, task: Task) -> LaunchResult:
@@ -124,7 +129,12 @@ class WarmClientAppPlugin(AutoExecPlugin):
         if self.worker is not None and self.worker.run_id != run_id:
             self.close_worker(finish_task=True)  # another run's turn: its code and data go with its process
         if self.worker is None:
-            self.worker = RunWorker(run_id, self.worker_command())
+            spare, self.spare = self.spare, None
+            if spare is not None and spare.alive:
+                spare.run_id = run_id
+                self.worker = spare
+            else:
+                self.worker = RunWorker(run_id, self.worker_command())
         return self.worker.submit(token)
 
     def worker_command(self) -> list[str]:
@@ -142,6 +152,9 @@ class WarmClientAppPlugin(AutoExecPlugin):
         if self.worker is not None:
             self.worker.stop(finish_task)
             self.worker = None
+        if not finish_task and self.spare is not None:  # the SuperNode stops
+            self.spare.stop(finish_task=False)
+            self.spare = None
 
 
 def install() -> bool:
