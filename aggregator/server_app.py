@@ -524,6 +524,7 @@ def _completed_summary(
             summary.model_uri = logged.model_uri
             summary.registered_model_name = logged.registered_name
             summary.registered_model_version = logged.registered_version
+            summary.registered_model_calendar_version = logged.calendar_version
             summary.model_input = logged.input
             session.progress.emit(ProgressEvent(kind="model", message=logged.model_uri))
     _fill_tracking(summary, session)

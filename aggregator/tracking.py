@@ -25,8 +25,9 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +49,7 @@ from flops.tracking_auth import (
     read_credentials,
 )
 from flops.tracking_server import run_url
-from flops.training import ClusterReport, ModelFlavor, ModelInput, RoundReport, TrainingSpec
+from flops.training import ClusterReport, ModelFlavor, ModelInput, RoundReport, TrainingSpec, calendar_alias
 
 # MLflow 3's experiment kind: "custom_model_development" is the UI's "Machine learning" kind
 # (the other kinds it knows: genai_development, finetuning, regression, ...).
@@ -59,6 +60,9 @@ ROLE_TAG = "flops.role"
 ROUND_TAG = "flops.round"
 CLUSTER_TAG = "flops.cluster"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
+# Every registered version also gets a calendar version (YEAR.MONTH.N, N from 1 each month and model)
+# as this tag and as the alias `calendar_alias` makes of it, which clients can load by (models:/NAME@v2026-12-1).
+CALENDAR_VERSION_TAG = "flops.calendar_version"
 TRAINING_RUN_TAG = "flops.training_run_id"
 EXPERIMENT_NOTE = (
     "Federated training with FLOps. Per training: one `training-<project id>` run with the "
@@ -134,6 +138,7 @@ class LoggedModel:
     registered_name: str | None
     registered_version: str | None
     input: ModelInput | None = None
+    calendar_version: str | None = None
 
 
 def training_params(spec: TrainingSpec) -> dict[str, str]:
@@ -463,16 +468,18 @@ class MlflowTracker:
                 )
 
         info = self._until_done(log)
-        version = self._until_done(lambda: self._register(info.model_uri, getattr(info, "model_id", None)))
+        version, calendar = self._until_done(lambda: self._register(info.model_uri, getattr(info, "model_id", None)))
         return LoggedModel(
             model_uri=info.model_uri,
             registered_name=self.spec.model_name,
             registered_version=version,
             input=model_input(signature),
+            calendar_version=calendar,
         )
 
-    def _register(self, model_uri: str, model_id: str | None) -> str:
-        """A new version of the registered model for the logged model (the one a lost answer already made)."""
+    def _register(self, model_uri: str, model_id: str | None) -> tuple[str, str]:
+        """A new version of the registered model for the logged model (the one a lost answer already made),
+        with its calendar version; (version, calendar version)."""
         name = self.spec.model_name
         try:
             self.client.get_registered_model(name)
@@ -480,11 +487,30 @@ class MlflowTracker:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             self.client.create_registered_model(name)  # only where this identity may create models
+        version: Any = None
         for existing in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.parent_run_id}'"):
             if existing.source == model_uri or (model_id and getattr(existing, "model_id", None) == model_id):
-                return str(existing.version)
-        version = self.client.create_model_version(name, source=model_uri, run_id=self.parent_run_id, model_id=model_id)
-        return str(version.version)
+                version = existing
+        if version is None:
+            version = self.client.create_model_version(
+                name, source=model_uri, run_id=self.parent_run_id, model_id=model_id
+            )
+        calendar = (version.tags or {}).get(CALENDAR_VERSION_TAG)
+        if calendar is None:
+            calendar = self._tag_calendar_version(name, str(version.version))
+        return str(version.version), str(calendar)
+
+    def _tag_calendar_version(self, name: str, version: str) -> str:
+        """Tag `version` of model `name` with the next calendar version of this month and alias it."""
+        taken = [
+            str(existing.tags[CALENDAR_VERSION_TAG])
+            for existing in self.client.search_model_versions(f"name = '{name}'")
+            if CALENDAR_VERSION_TAG in (existing.tags or {})
+        ]
+        calendar = next_calendar_version(taken, datetime.now(UTC))
+        self.client.set_model_version_tag(name, version, CALENDAR_VERSION_TAG, calendar)
+        self.client.set_registered_model_alias(name, calendar_alias(calendar), version)
+        return calendar
 
     def finish(self, succeeded: bool, error: str | None = None) -> None:
         """End the training run; a successful training's rounds are all written first.
@@ -516,6 +542,15 @@ class MlflowTracker:
 
     def run_url(self) -> str:
         return run_url(self.tracking_uri, self.experiment_id or "", self.parent_run_id or "")
+
+
+def next_calendar_version(taken: Iterable[str], now: datetime) -> str:
+    """`YEAR.MONTH.N`: N one more than the highest of this month among `taken` (1 in a new month)."""
+    prefix = f"{now.year}.{now.month}."
+    numbers = [
+        int(value[len(prefix) :]) for value in taken if value.startswith(prefix) and value[len(prefix) :].isdigit()
+    ]
+    return f"{prefix}{max(numbers, default=0) + 1}"
 
 
 def experiment_name(spec: TrainingSpec) -> str:

@@ -28,6 +28,11 @@ CLUSTER_REPORT_RECORD = "flops-cluster"
 CLUSTER_REPORT_KEY = "report"
 
 
+def calendar_alias(calendar_version: str) -> str:
+    """The Model Registry alias of a calendar version: `v2026-12-1` for `2026.12.1` (aliases hold no dots)."""
+    return "v" + calendar_version.replace(".", "-")
+
+
 class StrategyName(StrEnum):
     FEDAVG = "FedAvg"
     FEDPROX = "FedProx"
@@ -275,6 +280,9 @@ class TrainingSummary(BaseModel):
     model_uri: str | None = None
     registered_model_name: str | None = None
     registered_model_version: str | None = None
+    registered_model_calendar_version: str | None = Field(
+        default=None, description="YEAR.MONTH.N of the registered version; alias vYEAR-MONTH-N"
+    )
     model_input: ModelInput | None = None
     tracking_uri: str | None = None
     duration_s: float = 0.0

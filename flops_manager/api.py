@@ -36,6 +36,7 @@ from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, DocumentError, ProjectSLA, SLAError, load_document, parse_sla
 from flops.tracking_server import experiment_url, run_url
+from flops.training import calendar_alias
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
 from flops_manager.bodies import MockDataConfiguration, MockRequest, TokenRequest
 from flops_manager.controller import Controller
@@ -544,6 +545,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
     if not full:
         return view
     training = project.training
+    calendar = training.registered_model_calendar_version if training else None
     view.update(
         {
             "sla": project.sla.model_dump(mode="json", by_alias=True),
@@ -574,6 +576,8 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
                 "registered_uri": (
                     f"models:/{project.model_name}/{project.model_version}" if project.model_version else None
                 ),
+                "calendar_version": calendar,
+                "calendar_uri": f"models:/{project.model_name}@{calendar_alias(calendar)}" if calendar else None,
             },
             "build": project.build.model_dump(mode="json") if project.build else None,
             "inference_url": project.inference_url,

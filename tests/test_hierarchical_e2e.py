@@ -43,10 +43,10 @@ def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def train(flops_home: Path, mlflow_server: str, project: str, *options: str) -> subprocess.Popen[str]:
+def train(flops_home: Path, mlflow_server: str, project: str, *options: str, rounds: int = 2) -> subprocess.Popen[str]:
     command = [
         str(BIN / "flops"), "train", str(EXAMPLES / "digits-sklearn"), "--learners", "4", "--clusters", "2",
-        "--cycles", "2", "--rounds", "2", "--tracking-uri", mlflow_server, "--project-id", project,
+        "--cycles", "2", "--rounds", str(rounds), "--tracking-uri", mlflow_server, "--project-id", project,
         "--model-name", project, "--json", *options,
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
@@ -158,7 +158,7 @@ def test_a_cluster_killed_mid_cycle_fails_the_training_by_default_naming_it(
     mlflow_server: str, cluster_nodes: Path, flops_home: Path
 ) -> None:
     started = time.monotonic()
-    process = train(flops_home, mlflow_server, "hfl-lose-all", "--data-dir", str(cluster_nodes))
+    process = train(flops_home, mlflow_server, "hfl-lose-all", "--data-dir", str(cluster_nodes), rounds=1)
     kill_in_second_cycle(flops_home / "runs" / "hfl-lose-all", "cluster-1")
     code, summary, _ = finish(process)
     assert code == 1

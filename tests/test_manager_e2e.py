@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from flops.net import http_ok, wait_until
 from tests.conftest import EXAMPLES, run_flops
@@ -66,6 +67,18 @@ def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, 
     second = manager.wait_for(again.json()["project_id"], FINAL)
     assert second["status"] == "completed", second["error"]
     assert second["build"]["reused"] is True and second["build"]["commit"] == project["build"]["commit"]
+    # The same model again in the same month: the next calendar version, as a tag and a loadable alias.
+    year, month, number = project["model"]["calendar_version"].split(".")
+    now = time.gmtime()
+    assert (int(year), int(month)) == (now.tm_year, now.tm_mon)
+    assert second["model"]["calendar_version"] == f"{year}.{month}.{int(number) + 1}"
+    client = MlflowClient(manager.env["FLOPS_TRACKING_URI"])
+    name = second["model"]["name"]
+    alias = second["model"]["calendar_uri"].rpartition("@")[2]
+    assert alias == f"v{year}-{month}-{int(number) + 1}"
+    assert client.get_model_version_by_alias(name, alias).version == second["model"]["version"]
+    tagged = client.get_model_version(name, project["model"]["version"]).tags
+    assert tagged["flops.calendar_version"] == project["model"]["calendar_version"]
     events = manager.call("GET", f"/api/flops/projects/{second['project_id']}/events").json()
     assert any(e["component"] == "builder" and e["event"] == "succeeded" for e in events)
     assert manager.call("DELETE", f"/api/flops/projects/{project_id}").status_code == 200  # stops the server

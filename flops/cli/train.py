@@ -38,7 +38,15 @@ from flops.pki import PKI_DIR, ProjectPKI
 from flops.processes import ManagedProcess
 from flops.progress import PROGRESS_FILE, ProgressEvent, ProgressFollower, read_summary
 from flops.tracking_server import TrackingServerError, ensure_tracking_server, local_credentials_env, run_url
-from flops.training import Hierarchy, RoundReport, StrategyConfig, StrategyName, TrainingSpec, TrainingSummary
+from flops.training import (
+    Hierarchy,
+    RoundReport,
+    StrategyConfig,
+    StrategyName,
+    TrainingSpec,
+    TrainingSummary,
+    calendar_alias,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 BUILD_RESULT_FILE = "build-result.json"
@@ -508,6 +516,10 @@ def _print_summary(summary: TrainingSummary, uri: str) -> None:
         f"loss {_fmt(summary.final_loss)}; best round {summary.best_round}"
     )
     if summary.registered_model_name:
-        console.print(f"model: models:/{summary.registered_model_name}/{summary.registered_model_version}")
+        name, calendar = summary.registered_model_name, summary.registered_model_calendar_version
+        shown = f"model: models:/{name}/{summary.registered_model_version}"
+        if calendar:
+            shown += f" (calendar version {calendar}: models:/{name}@{calendar_alias(calendar)})"
+        console.print(shown)
     if summary.experiment_id:
         console.print(f"MLflow: {run_url(uri, summary.experiment_id, summary.parent_run_id or '')}")
