@@ -68,6 +68,15 @@ class TrainingConfiguration(Strict):
         description="hierarchical mode: clusters whose replies a cycle needs; 0 (the default): all of them",
     )
 
+    root_cluster: str = Field(
+        default="",
+        max_length=63,
+        description=(
+            "hierarchical mode: the orchestrator cluster the root aggregator is placed in (Oakestra); "
+            "empty (the default): no constraint"
+        ),
+    )
+
     @field_validator("data_tags", mode="before")
     @classmethod
     def _one_tag_as_a_string(cls, value: object) -> object:
@@ -87,8 +96,10 @@ class TrainingConfiguration(Strict):
     @model_validator(mode="after")
     def _minimums_fit(self) -> "TrainingConfiguration":
         check_client_minimums(self)
-        if self.min_clusters and self.mode is not TrainingMode.HIERARCHICAL:
-            raise ValueError("min_clusters is for mode 'hierarchical' only: remove it or set the mode")
+        if (self.min_clusters or self.root_cluster) and self.mode is not TrainingMode.HIERARCHICAL:
+            raise ValueError(
+                "min_clusters and root_cluster are for mode 'hierarchical' only: remove them or set the mode"
+            )
         return self
 
 

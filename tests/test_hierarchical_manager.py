@@ -111,14 +111,16 @@ def test_two_clusters_through_the_manager_on_the_local_backend(manager: Manager,
 def test_two_oakestra_clusters_each_with_its_aggregator_and_learners(
     manager: Manager, standin: OakestraStandin, repo: Path
 ) -> None:
-    answer = manager.call("POST", "/api/flops/projects", json=hierarchical_sla(repo, backend="oakestra"))
+    document = hierarchical_sla(repo, backend="oakestra")
+    document["training_configuration"]["root_cluster"] = "munich"
+    answer = manager.call("POST", "/api/flops/projects", json=document)
     assert answer.status_code == 200, answer.text
     project = manager.wait_for(answer.json()["project_id"], FINAL, timeout=900)
     assert project["status"] == "completed", (project["error"], manager.log())
     check_tree(project, OAKESTRA_CLUSTERS)
     services = [r.body["applications"][0]["microservices"][0] for r in standin.requests if r.path == "/api/service/"]
     placed = {actor(service): placed_in(service) for service in services if actor(service)}
-    assert placed["root"] is None  # the root: where the SLA says, no constraint by default
+    assert placed["root"] == "munich"  # where the SLA says (root_cluster); no constraint by default
     assert placed["cluster munich"] == "munich" and placed["cluster garching"] == "garching"
     for cluster, nodes in OAKESTRA_CLUSTERS.items():
         for node in nodes:

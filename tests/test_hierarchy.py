@@ -84,8 +84,10 @@ def test_flops_hierarchical_slas_are_accepted_and_min_clusters_needs_that_mode()
     assert parsed.training_configuration.mode.value == "hierarchical"
     assert parsed.training_configuration.min_clusters == 1
     assert parse_sla(sla(mode="hierarchical")).training_configuration.min_clusters == 0  # all
-    with pytest.raises(SLAError, match="min_clusters is for mode 'hierarchical' only"):
+    with pytest.raises(SLAError, match="min_clusters and root_cluster are for mode 'hierarchical' only"):
         parse_sla(sla(min_clusters=1))
+    with pytest.raises(SLAError, match="for mode 'hierarchical' only"):
+        parse_sla(sla(root_cluster="munich"))
 
 
 def test_the_roots_app_names_the_cluster_aggregators_clientapp(tmp_path: Path) -> None:

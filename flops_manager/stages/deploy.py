@@ -226,6 +226,7 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
             python=plan.aggregator_python, in_image=plan.in_image, tls=flower.superlink,
         ),
         env={**mqtt_env, **tracking.env}, ports={"superlink": port}, **resources,
+        node=orchestrator.cluster_placement(config.root_cluster) if config.root_cluster else None,
         read_only_paths=aggregator_reads, writable_paths=aggregator_writes,
         read_only_mounts=container_mounts(plan.backend, flower.superlink.folder),
     )  # fmt: skip
