@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cluster and spec.hierarchy is None:
         raise SystemExit(f"flops-aggregator: cluster {args.cluster} needs a hierarchical training spec")
     try:
-        validate_repository(args.repo)
+        if spec.statistics is None:  # a statistics job runs no user code
+            validate_repository(args.repo)
     except ContractError as error:
         raise SystemExit(f"flops-aggregator: {error}") from error
     state_dir: Path = args.state_dir.resolve()

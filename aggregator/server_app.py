@@ -29,6 +29,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregator.environment import ServerAppSettings
 from aggregator.grace_grid import GraceGrid
+from aggregator.statistics import StatisticsError, run_statistics
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
@@ -434,7 +435,41 @@ def main(grid: Grid, context: Context) -> None:
     if spec.cluster is not None:  # one run of a cluster aggregator: its own folder, no tracking, no events
         run_training(grid, spec, state_dir / spec.cluster.folder, None)
         return
+    if spec.statistics is not None:
+        run_statistics_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
+        return
     run_training(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
+
+
+def run_statistics_job(
+    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None, mqtt: MqttSettings | None = None
+) -> TrainingSummary:
+    """A statistics job (`flops.statistics`): both passes over the learners, the result tracked and summarized."""
+    assert spec.statistics is not None
+    started = time.time()
+    progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
+    session = TrainingSession(spec, progress, tracking_uri, GraceGrid(grid, spec.straggler_grace_s))
+    try:
+        joined = wait_for_learners(grid, spec, progress)
+        progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
+        session.open_tracker()
+        request = spec.statistics.model_copy(update={"min_nodes": max(spec.statistics.min_nodes, spec.min_fit_clients)})
+        result, _ = run_statistics(grid, request, spec.round_timeout, session.node_name)
+        summary = TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
+        if session.tracker is not None:
+            session.tracker.log_statistics(result)
+    except (TrainingError, StatisticsError, ValueError) as error:
+        summary = _failed_summary(spec, session, str(error), started, tracking_uri)
+        _finish(session, progress, summary)
+        raise
+    except Exception as error:
+        summary = _failed_summary(spec, session, f"{type(error).__name__}: {error}", started, tracking_uri)
+        _finish(session, progress, summary)
+        raise
+    _fill_tracking(summary, session)
+    summary.duration_s = time.time() - started
+    _finish(session, progress, summary)
+    return summary
 
 
 def run_training(

@@ -23,6 +23,7 @@ lasts: it raises the error in the training's thread, which ends as on any other 
 
 import ctypes
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -41,6 +42,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from flops.statistics import StatisticsResult
 from flops.tracking_auth import (
     CREDENTIALS_FILE_ENV,
     DEFAULT_OUTAGE_LIMIT_S,
@@ -142,6 +144,16 @@ class LoggedModel:
 
 
 def training_params(spec: TrainingSpec) -> dict[str, str]:
+    if spec.statistics is not None:
+        request = spec.statistics
+        return {
+            "job": "statistics",
+            "data_tags": ",".join(spec.data_tags),
+            "features": ",".join(request.features) or "(all numeric)",
+            "statistics": ",".join(request.statistics),
+            "bins": str(request.bins),
+            "quantiles": ",".join(f"{q:g}" for q in request.quantiles),
+        }
     params: dict[str, Any] = {
         "strategy": spec.strategy.name.value,
         "rounds": spec.rounds,
@@ -341,11 +353,12 @@ class MlflowTracker:
         if self.experiment_id is None:
             self.experiment_id = open_experiment(self.client, self.spec)
         if self.parent_run_id is None:
-            existing = self._find_run({ROLE_TAG: "training"}) if self._tried_parent else None
+            role = "statistics" if self.spec.statistics is not None else "training"
+            existing = self._find_run({ROLE_TAG: role}) if self._tried_parent else None
             self._tried_parent = True
             if existing is None:
-                tags = {PROJECT_TAG: self.spec.project_id, ROLE_TAG: "training"}
-                name = f"training-{self.spec.project_id}"
+                tags = {PROJECT_TAG: self.spec.project_id, ROLE_TAG: role}
+                name = f"{role}-{self.spec.project_id}"
                 existing = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             self.parent_run_id = existing
         if not self._params_logged:
@@ -512,6 +525,26 @@ class MlflowTracker:
         self.client.set_registered_model_alias(name, calendar_alias(calendar), version)
         return calendar
 
+    def log_statistics(self, result: StatisticsResult) -> None:
+        """A statistics job's result: the whole result as JSON, each feature's figures as metrics, and a
+        plot per feature (the global histogram, each node's over it) where matplotlib is installed."""
+        self._until_done(self._open)
+        run_id = self.parent_run_id
+        assert run_id is not None
+        now = int(time.time() * 1000)
+        points = [
+            Metric(f"{feature}.{name}", float(value), now, 0)
+            for feature, figures in result.features.items()
+            for name in ("count", "sum", "mean", "stddev", "min", "max")
+            if (value := getattr(figures, name)) is not None and np.isfinite(value)
+        ]
+        for offset in range(0, len(points), 900):  # MLflow takes at most 1000 metrics per batch
+            chunk = points[offset : offset + 900]
+            self._until_done(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk))  # type: ignore[misc]
+        self._until_done(lambda: self.client.log_dict(run_id, result.model_dump(mode="json"), "statistics.json"))
+        for feature, figure in statistics_figures(result):
+            self._until_done(lambda f=figure, n=feature: self.client.log_figure(run_id, f, f"histograms/{n}.png"))  # type: ignore[misc]
+
     def finish(self, succeeded: bool, error: str | None = None) -> None:
         """End the training run; a successful training's rounds are all written first.
 
@@ -542,6 +575,33 @@ class MlflowTracker:
 
     def run_url(self) -> str:
         return run_url(self.tracking_uri, self.experiment_id or "", self.parent_run_id or "")
+
+
+def statistics_figures(result: StatisticsResult) -> list[tuple[str, Any]]:
+    """(feature, matplotlib figure) of each feature's histograms; none without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return []
+    figures = []
+    for feature, figures_of in result.features.items():
+        histogram = figures_of.histogram
+        if histogram is None:
+            continue
+        figure, axes = pyplot.subplots(figsize=(6, 3.5))
+        edges = np.asarray(histogram.edges)
+        axes.bar(edges[:-1], histogram.counts, width=np.diff(edges), align="edge", alpha=0.4, label="all nodes")
+        for node, own in sorted(figures_of.node_histograms.items()):
+            axes.step(edges[:-1], own.counts, where="post", label=node)
+        axes.set_title(feature)
+        axes.set_ylabel("records")
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        figures.append((re.sub(r"[^A-Za-z0-9_.-]", "_", feature), figure))
+    return figures
 
 
 def next_calendar_version(taken: Iterable[str], now: datetime) -> str:

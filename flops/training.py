@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flops.statistics import StatisticsRequest, StatisticsResult
+
 SPEC_RUN_CONFIG_KEY = "flops-spec"
 
 # One message per round: a train message whose config holds EVALUATE_RECEIVED_KEY = True asks the
@@ -171,12 +173,17 @@ class TrainingSpec(BaseModel):
     repo_commit: str = ""
     hierarchy: Hierarchy | None = None
     cluster: ClusterTask | None = None
+    statistics: StatisticsRequest | None = Field(
+        default=None, description="a statistics job (flops.statistics) instead of a training"
+    )
 
     @model_validator(mode="after")
     def _client_minimums_fit(self) -> "TrainingSpec":
         check_client_minimums(self)
         if self.hierarchy is not None and self.cluster is not None:
             raise ValueError("a spec is the root's (hierarchy) or a cluster's (cluster), not both")
+        if self.statistics is not None and (self.hierarchy is not None or self.cluster is not None):
+            raise ValueError("statistics jobs are not hierarchical")
         return self
 
     @classmethod
@@ -286,4 +293,5 @@ class TrainingSummary(BaseModel):
     model_input: ModelInput | None = None
     tracking_uri: str | None = None
     duration_s: float = 0.0
+    statistics: StatisticsResult | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -14,13 +14,16 @@ message (Flower's own `flwr-clientapp`) they are loaded for each message.
 User code gets the inert MLflow (`learner.user_code.inert_tracking`) before it is imported.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flops.data.privacy import read_privacy_policy
 from flops.ml_repo.loader import load_model_manager_class, user_code
+from flops.statistics import STATISTICS_ANSWER_KEY, STATISTICS_EDGES_KEY, STATISTICS_PASS_KEY, STATISTICS_RECORD
 from flops.training import (
     EVALUATE_RECEIVED_KEY,
     GLOBAL_ACCURACY_KEY,
@@ -31,6 +34,7 @@ from flops.training import (
     TrainingSpec,
 )
 from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
+from learner.statistics import node_frame, node_histogram, node_summary
 from learner.user_code import ModelRunner, NodeContext, inert_tracking
 
 app = ClientApp()
@@ -96,6 +100,26 @@ def train(msg: Message, context: Context) -> Message:
         }
     metrics = MetricRecord(values)  # type: ignore[arg-type]
     content = RecordDict({"arrays": ArrayRecord(outcome.parameters), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """A statistics job's pass (`flops.statistics`): aggregates of the node's data through its owner's filters."""
+    spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
+    if spec.statistics is None:
+        raise ValueError("a query message belongs to a statistics job, and this run is a training")
+    node = node_context(context, spec)
+    request = spec.statistics.model_copy(update={"data_tags": list(node.data_tags)})
+    policy = read_privacy_policy(node.data_dir).tightened_by(request.privacy, node.node_name)
+    frame = node_frame(node.data_dir, list(node.data_tags))
+    config = msg.content.config_records.get("config") or ConfigRecord()
+    if config.get(STATISTICS_PASS_KEY) == "histogram":
+        edges = json.loads(str(config.get(STATISTICS_EDGES_KEY, "{}")))
+        answer = node_histogram(node.node_name, frame, edges, policy).model_dump_json()
+    else:
+        answer = node_summary(node.node_name, frame, request, policy).model_dump_json()
+    content = RecordDict({STATISTICS_RECORD: ConfigRecord({STATISTICS_ANSWER_KEY: answer})})
     return Message(content=content, reply_to=msg)
 
 
