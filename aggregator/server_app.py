@@ -14,7 +14,6 @@ folder in the state directory), so nothing can write `mlruns/` or `mlflow.db` in
 
 import contextlib
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregator.environment import ServerAppSettings
 from aggregator.grace_grid import GraceGrid
+from aggregator.replies import reply_error
 from aggregator.statistics import StatisticsError, run_statistics
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
@@ -60,20 +60,12 @@ INITIAL_PARAMETERS_FILE = "initial.npz"
 FINAL_PARAMETERS_FILE = "final.npz"
 # The summary's `extra` key of a cluster run's evaluation of the parameters it received.
 RECEIVED_EVALUATION_KEY = "received_evaluation"
-_FLOWER_REASON = re.compile(r"^<class '[^']*'>:<'(?P<message>.*)'>$", re.DOTALL)
 
 app = ServerApp()
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to do."""
-
-
-def reply_error(message: Message) -> str:
-    """The user-facing reason of a failed reply (Flower wraps it in type and quotes)."""
-    reason = (message.error.reason if message.has_error() else None) or "no reply"
-    match = _FLOWER_REASON.match(reason)
-    return str(match.group("message")) if match else reason
 
 
 def _open_tracker(spec: TrainingSpec, tracking_uri: str) -> Any:

@@ -19,6 +19,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
+from aggregator.replies import reply_error
 from flops.statistics import (
     STATISTICS_ANSWER_KEY,
     STATISTICS_EDGES_KEY,
@@ -155,7 +156,8 @@ def ask(
     for reply in grid.send_and_receive(messages, timeout=timeout):
         name = name_of(reply.metadata.src_node_id)
         if reply.has_error():
-            failures.append(f"{name}: {reply.error.reason}")
+            reason = reply_error(reply)
+            failures.append(reason if reason.startswith(f"{name}:") else f"{name}: {reason}")
             continue
         record = reply.content.config_records.get(STATISTICS_RECORD)
         answer = record.get(STATISTICS_ANSWER_KEY) if record is not None else None

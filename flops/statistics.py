@@ -65,22 +65,18 @@ class PrivacyPolicy(BaseModel):
     )
     noise: Noise | None = None
 
-    def tightened_by(self, request: "PrivacyPolicy | None", node: str = "this node") -> "PrivacyPolicy":
-        """The policy a request gets: this one, tightened by what `request` sets; `PolicyError` where a value
-        it sets would loosen it (a lower minimum, a larger epsilon, no noise where the node adds some)."""
+    def tightened_by(self, request: "PrivacyRequest | None", node: str = "this node") -> "PrivacyPolicy":
+        """The policy a request gets: this one, tightened by what `request` asks; `PolicyError` where it
+        would loosen it (a lower minimum, a larger epsilon)."""
         if request is None:
             return self
-        given = request.model_fields_set
         looser = []
-        if "min_count" in given and request.min_count < self.min_count:
+        if request.min_count and request.min_count < self.min_count:
             looser.append(f"min_count {request.min_count} < {self.min_count}")
-        if "min_bin_count" in given and request.min_bin_count < self.min_bin_count:
+        if request.min_bin_count and request.min_bin_count < self.min_bin_count:
             looser.append(f"min_bin_count {request.min_bin_count} < {self.min_bin_count}")
-        if "noise" in given and self.noise is not None:
-            if request.noise is None:
-                looser.append(f"no noise where the node adds noise with epsilon {self.noise.epsilon}")
-            elif request.noise.epsilon > self.noise.epsilon:
-                looser.append(f"noise epsilon {request.noise.epsilon} > {self.noise.epsilon}")
+        if request.noise is not None and self.noise is not None and request.noise.epsilon > self.noise.epsilon:
+            looser.append(f"noise epsilon {request.noise.epsilon} > {self.noise.epsilon}")
         if looser:
             raise PolicyError(
                 f"{node}: the request would loosen the node's privacy policy ({'; '.join(looser)}): a request "
@@ -93,6 +89,16 @@ class PrivacyPolicy(BaseModel):
         )
 
 
+class PrivacyRequest(BaseModel):
+    """What a request asks of every node's policy; 0 and no noise: what the node's policy says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_count: int = Field(default=0, ge=0)
+    min_bin_count: int = Field(default=0, ge=0)
+    noise: Noise | None = None
+
+
 class StatisticsRequest(BaseModel):
     """What a statistics job computes: features (default: every numeric column but the label), statistics, bins."""
 
@@ -103,7 +109,7 @@ class StatisticsRequest(BaseModel):
     statistics: list[StatisticName] = Field(default_factory=lambda: list(StatisticName))
     bins: int = Field(default=10, ge=1, le=1000)
     quantiles: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
-    privacy: PrivacyPolicy | None = Field(default=None, description="tightens every node's policy")
+    privacy: PrivacyRequest | None = Field(default=None, description="tightens every node's policy")
     min_nodes: int = Field(default=1, ge=1, description="nodes that must answer")
 
     @field_validator("quantiles")

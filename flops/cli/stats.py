@@ -21,7 +21,7 @@ from rich.table import Table
 from flops.build import BuildResult
 from flops.cli.train import LocalTraining, TrainInputError, console, node_data_dirs, resolve_data_tags
 from flops.config import flops_home, tracking_uri
-from flops.statistics import Noise, PrivacyPolicy, StatisticName, StatisticsRequest, StatisticsResult
+from flops.statistics import Noise, PrivacyRequest, StatisticName, StatisticsRequest, StatisticsResult
 from flops.tracking_server import TrackingServerError, ensure_tracking_server, run_url
 from flops.training import TrainingSpec, TrainingSummary
 
@@ -80,7 +80,7 @@ def stats_command(
         if epsilon:
             tightened["noise"] = Noise(mechanism=_mechanism(mechanism), epsilon=epsilon)
         given = {key: value for key, value in tightened.items() if value}
-        privacy = PrivacyPolicy.model_validate(given) if given else None
+        privacy = PrivacyRequest.model_validate(given) if given else None
         request = StatisticsRequest(
             data_tags=tags, features=feature, statistics=statistic or list(StatisticName), bins=bins,
             quantiles=quantile or [0.25, 0.5, 0.75], privacy=privacy, min_nodes=nodes,
