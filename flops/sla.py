@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from flops.statistics import StatisticsRequest
 from flops.training import DEFAULT_STRAGGLER_GRACE_S, ModelFlavor, StrategyConfig, check_client_minimums
 
 Platform = Literal["linux/amd64", "linux/arm64"]
@@ -36,6 +37,18 @@ class SLAError(ValueError):
 class TrainingMode(StrEnum):
     CLASSIC = "classic"
     HIERARCHICAL = "hierarchical"
+
+
+# FLOps's required fields: what a training cannot do without (a statistics job runs no code).
+TRAINING_FIELDS = ("ml_repo_url", "ml_model_flavor")
+TRAINING_NEEDS = "a training needs"
+
+
+class Job(StrEnum):
+    """What a project runs: a training (FLOps's only job), or a statistics job (`flops.statistics`)."""
+
+    TRAINING = "training"
+    STATISTICS = "statistics"
 
 
 class PostTrainingStep(StrEnum):
@@ -123,12 +136,16 @@ class ProjectSLA(Strict):
     verbose: bool = False
     use_devel_base_images: bool = False
     supported_platforms: list[Platform] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)  # type: ignore[arg-type]
-    ml_model_flavor: ModelFlavor
-    ml_repo_url: str = Field(min_length=1)
+    ml_model_flavor: ModelFlavor = Field(default=ModelFlavor.SKLEARN, description="required for a training")
+    ml_repo_url: str = Field(default="", description="required for a training; a statistics job runs no code")
     training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
     resource_constraints: ResourceConstraints = Field(default_factory=ResourceConstraints)
     post_training_steps: list[PostTrainingStep] = Field(default_factory=list)
     # Ours, all optional:
+    job: Job = Job.TRAINING
+    statistics: StatisticsRequest | None = Field(
+        default=None, description="job 'statistics': features, statistics, bins, quantiles, privacy tightening"
+    )
     ml_repo_ref: str | None = Field(default=None, description="branch, tag or commit")
     project_name: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
@@ -142,6 +159,29 @@ class ProjectSLA(Strict):
         le=24 * 3600,
         description="seconds a round waits for late learners once it has the replies it needs",
     )
+
+    @model_validator(mode="after")
+    def _job_has_what_it_needs(self) -> "ProjectSLA":
+        if self.job is Job.TRAINING:
+            missing = [name for name in TRAINING_FIELDS if name not in self.model_fields_set]
+            if missing or not self.ml_repo_url:
+                raise ValueError(f"{TRAINING_NEEDS} {' and '.join(missing or ['ml_repo_url'])}")
+            if self.statistics is not None:
+                raise ValueError("statistics is for job 'statistics': remove it or set the job")
+            return self
+        if self.backend is not Backend.LOCAL:
+            raise ValueError("statistics jobs run on the local backend (the nodes of this manager) for now")
+        if self.post_training_steps:
+            raise ValueError("a statistics job has no model: remove post_training_steps")
+        if self.training_configuration.mode is TrainingMode.HIERARCHICAL:
+            raise ValueError("statistics jobs are not hierarchical: use mode 'classic'")
+        return self
+
+    def statistics_request(self) -> StatisticsRequest:
+        """The statistics job's request, over the SLA's data tags unless it names its own."""
+        request = self.statistics or StatisticsRequest()
+        tags = request.data_tags or self.training_configuration.data_tags
+        return request.model_copy(update={"data_tags": tags, "min_nodes": self.training_configuration.min_fit_clients})
 
     @model_validator(mode="after")
     def _deploy_needs_image(self) -> "ProjectSLA":
@@ -245,12 +285,19 @@ def parse_sla(document: Any) -> ProjectSLA:
     data = load_document(document) if isinstance(document, str | bytes) else document
     if not isinstance(data, dict):
         raise SLAError("the SLA must be a JSON object", [{"field": "", "reason": "not an object"}])
+    # A training's own required fields, named as fields (the model's check can only name the document).
+    missing = []
+    if str(data.get("job", Job.TRAINING.value)) == Job.TRAINING.value:
+        missing = [
+            {"field": name, "reason": "required field is missing"} for name in TRAINING_FIELDS if name not in data
+        ]
     try:
         return ProjectSLA.model_validate(data)
     except ValidationError as error:
-        details = [
+        details = missing + [
             {"field": ".".join(str(p) for p in problem["loc"]) or "(root)", "reason": _reason(problem)}
             for problem in error.errors(include_url=False)
+            if not (missing and _reason(problem).startswith(TRAINING_NEEDS))
         ]
         listing = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
         raise SLAError(f"invalid SLA: {listing}", details) from error

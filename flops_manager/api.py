@@ -34,7 +34,7 @@ from flops.data.ownership import OPERATOR, TagOwnership
 from flops.data.partition import partition
 from flops.processes import stop_group
 from flops.runtime_env import process_env
-from flops.sla import Backend, DocumentError, ProjectSLA, SLAError, load_document, parse_sla
+from flops.sla import Backend, DocumentError, Job, ProjectSLA, SLAError, load_document, parse_sla
 from flops.tracking_server import experiment_url, run_url
 from flops.training import calendar_alias
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
@@ -193,6 +193,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         customer = submitting_customer(sla.customer_id)
         check_source(sla)
         check_submission(sla, customer)
+        if dry_run and sla.job is not Job.TRAINING:
+            return jsonify({"valid": True, "job": sla.job.value}), 200
         if dry_run:
             checked = slow.run("dry run", settings.dry_run_timeout_s + 15, lambda: check_repository(sla, settings))
             return jsonify(checked), 200
@@ -224,6 +226,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
 
     def check_source(sla: ProjectSLA) -> None:
         """Refuse a repository this manager does not take, from the URL alone (no oracle)."""
+        if sla.job is not Job.TRAINING:  # a statistics job fetches no repository
+            return
         try:
             settings.sources.check(sla.ml_repo_url, settings.home, admin=g.principal.is_admin,
                                    state=[settings.nodes_dir])  # fmt: skip
@@ -580,6 +584,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
                 "calendar_uri": f"models:/{project.model_name}@{calendar_alias(calendar)}" if calendar else None,
             },
             "build": project.build.model_dump(mode="json") if project.build else None,
+            "statistics": training.statistics.model_dump(mode="json") if training and training.statistics else None,
             "inference_url": project.inference_url,
             "image_refs": project.image_refs,
             "components": sorted({h.name for h in project.deployment}),

@@ -17,6 +17,7 @@ from flops.data.partition import partition
 from flops.data.privacy import write_privacy_policy
 from flops.statistics import PrivacyPolicy
 from tests.conftest import run_flops
+from tests.manager_process import FINAL, Manager
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -84,3 +85,36 @@ def test_exact_figures_a_filtered_hospital_and_a_looser_request_refused(
     assert refused.returncode == 1
     error = json.loads(refused.stdout.strip().splitlines()[-1])["error"]
     assert f"{small}: the request would loosen the node's privacy policy (min_bin_count 1 < 3)" in error, error
+
+
+def test_a_statistics_job_through_the_manager(mlflow_server: str, tmp_path: Path) -> None:
+    """`"job": "statistics"`: no repository, no build; the result in the project's status."""
+    manager = Manager(tmp_path / "home", mlflow_server)
+    try:
+        data = {"dataset_name": "breast_cancer", "number_of_partitions": 3, "data_tag": "bc"}
+        assert manager.call("POST", "/api/flops/mocks", json={"mock_data_configuration": data}).status_code == 200
+        nodes = sorted(path for path in (tmp_path / "home" / "nodes").iterdir() if path.is_dir())
+        write_privacy_policy(nodes[2], PrivacyPolicy(min_count=1000))
+        sla = {
+            "customerID": "Admin", "job": "statistics", "project_name": "bc-statistics",
+            "training_configuration": {"data_tags": ["bc"], "min_available_clients": 3, "min_fit_clients": 3},
+            "statistics": {"features": ["mean_radius"], "statistics": ["count", "mean", "stddev"]},
+        }  # fmt: skip
+        answer = manager.call("POST", "/api/flops/projects", json=sla)
+        assert answer.status_code == 200, answer.text
+        project = manager.wait_for(answer.json()["project_id"], FINAL, timeout=300)
+        assert project["status"] == "completed", (project["error"], manager.log())
+        assert project["build"]["commit"] == "" and project["model"]["version"] is None
+        statistics = project["statistics"]
+        frame = pd.concat(
+            [pd.read_parquet(file) for node in nodes[:2] for file in sorted((node / "bc").glob("*.parquet"))]
+        )
+        figures = statistics["features"]["mean_radius"]
+        assert figures["count"] == len(frame) and figures["nodes"] == [nodes[0].name, nodes[1].name]
+        assert abs(figures["mean"] - frame["mean_radius"].mean()) <= 1e-9 * frame["mean_radius"].mean()
+        assert list(statistics["filtered"]) == [nodes[2].name]
+        assert figures["histogram"] is None  # not asked for
+        wrong = manager.call("POST", "/api/flops/projects", json={**sla, "backend": "oakestra"})
+        assert wrong.status_code == 422 and "local backend" in wrong.json()["message"]
+    finally:
+        manager.stop()

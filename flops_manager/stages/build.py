@@ -5,6 +5,7 @@ to its result file; whichever the manager sees first becomes the recorded fact (
 `build_failure`), and only the recorded fact moves the project on.
 """
 
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from flops.actors import builder_command
 from flops.build import BuildFailure, BuildOutcome, BuildResult
 from flops.events import Component
-from flops.sla import Backend
+from flops.sla import Backend, Job
 from flops_manager.disk import sweep_builds
 from flops_manager.models import Project, ProjectStatus, default_model_name
 from flops_manager.orchestration.base import ServiceSpec
@@ -57,6 +58,9 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     if failure is not None:
         raise StageError(STAGE, failure.error)
     handle = project.handle(BUILDER)
+    if handle is None and project.sla.job is not Job.TRAINING:
+        ctx.store.update(project.project_id, result_changes(no_code_build(ctx, project)))
+        return True
     if handle is None:
         start(ctx, project)
         return False
@@ -72,6 +76,14 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     elif outcome.failure is not None:
         ctx.store.update(project.project_id, failure_changes(outcome.failure))
     return True
+
+
+def no_code_build(ctx: StageContext, project: Project) -> BuildResult:
+    """What a job without user code (statistics) runs: this installation's Flower and data libraries,
+    and an empty folder for the app bundle."""
+    folder = ctx.run_dir(project.project_id) / "no-code"
+    folder.mkdir(parents=True, exist_ok=True)
+    return BuildResult(commit="", repo_dir=str(folder), learner_python=sys.executable, aggregator_python=sys.executable)
 
 
 def start(ctx: StageContext, project: Project) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 from flops.actors import aggregator_command, learner_command
 from flops.build import IMAGE_APP_DIR, BuildResult
+from flops.data.privacy import PRIVACY_FILE
 from flops.events import Component
 from flops.net import free_port
 from flops.pki import SuperNodeCredentials
-from flops.sla import TrainingMode
+from flops.sla import Job, TrainingMode
 from flops.tracking_auth import CREDENTIALS_FILE_ENV
 from flops.training import Hierarchy, TrainingSpec
 from flops_manager.models import ProcessHandle, Project, ProjectStatus, registry_name
@@ -62,6 +63,8 @@ def training_spec(project: Project, build: BuildResult, clusters: Sequence[str] 
         "repo_url": sla.ml_repo_url,
         "repo_commit": build.commit,
     }
+    if sla.job is Job.STATISTICS:
+        common["statistics"] = sla.statistics_request()
     if config.mode is TrainingMode.HIERARCHICAL:
         hierarchy = Hierarchy(
             clusters=list(clusters),
@@ -159,8 +162,10 @@ class ActorPlan:
 
     def data_paths(self, node: LocalNode, tags: Sequence[str]) -> list[str]:
         """What of a node a learner may read: the folders of the project's tags only, never the
-        node's other tags (another customer's data may lie beside them)."""
-        return [str(node.data_dir / tag) for tag in tags]
+        node's other tags (another customer's data may lie beside them), and the owner's privacy
+        policy when there is one (statistics jobs filter by it)."""
+        policy = node.data_dir / PRIVACY_FILE
+        return [str(node.data_dir / tag) for tag in tags] + ([str(policy)] if policy.is_file() else [])
 
     def data_dir(self, node: LocalNode) -> str:
         if self.remote_data_root:
