@@ -22,23 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from aggregator.environment import ServerAppSettings
+from aggregator.explain import combine_importances
 from aggregator.grace_grid import GraceGrid
 from aggregator.replies import reply_error
 from aggregator.statistics import StatisticsError, run_statistics
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
+from flops.explain import EXPLAIN_ANSWER_KEY, EXPLAIN_PASS, EXPLAIN_RECORD, FeatureImportance, NodeImportance
 from flops.flower_polling import install as install_adaptive_polling
 from flops.flower_polling import retry_timeouts
 from flops.ml_repo.inert_mlflow import inert_mlflow
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
 from flops.progress import ProgressEvent, ProgressLog
+from flops.statistics import STATISTICS_PASS_KEY
 from flops.training import (
     CLUSTER_REPORT_KEY,
     CLUSTER_REPORT_RECORD,
@@ -513,6 +517,11 @@ def run_training(
             summary = _cluster_summary(spec, session, started)
         else:
             summary = _completed_summary(spec, session, manager_class, started, tracking_uri)
+            if spec.explain is not None and session.best is not None:
+                summary.explanation = explain_model(grace_grid, spec, session.best[1], session.node_name)
+                if session.tracker is not None:
+                    session.tracker.log_explanation(summary.explanation)
+                summary.duration_s = time.time() - started
     except (TrainingError, UserCodeError, ValueError) as error:
         summary = _failed_summary(spec, session, str(error), started, tracking_uri)
         _finish(session, progress, summary)
@@ -557,6 +566,31 @@ def _completed_summary(
     _fill_tracking(summary, session)
     summary.duration_s = time.time() - started
     return summary
+
+
+def explain_model(
+    grid: Grid, spec: TrainingSpec, parameters: list[np.ndarray], name_of: Callable[[int], str]
+) -> FeatureImportance:
+    """The post-training step `explain_model`: every learner explains `parameters` on its data (`flops.explain`)."""
+    content = RecordDict(
+        {"arrays": ArrayRecord(parameters), "config": ConfigRecord({STATISTICS_PASS_KEY: EXPLAIN_PASS})}
+    )
+    nodes = list(grid.get_node_ids())
+    messages = [grid.create_message(content, MessageType.QUERY, node, "explain") for node in nodes]
+    answers, failures = [], []
+    for reply in grid.send_and_receive(messages, timeout=spec.round_timeout):
+        if reply.has_error():
+            failures.append(f"{name_of(reply.metadata.src_node_id)}: {reply_error(reply)}")
+            continue
+        record = reply.content.config_records.get(EXPLAIN_RECORD)
+        if record is not None and isinstance(record.get(EXPLAIN_ANSWER_KEY), str):
+            answers.append(NodeImportance.model_validate_json(str(record[EXPLAIN_ANSWER_KEY])))
+    if len(answers) < spec.min_evaluate_clients:
+        detail = "; ".join(failures) or "the learners did not answer in time"
+        raise TrainingError(
+            f"explain_model: {len(answers)} of {spec.min_evaluate_clients} learners explained: {detail}"
+        )
+    return combine_importances(answers)
 
 
 def load_parameters(path: Path) -> list[np.ndarray]:

@@ -42,6 +42,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from flops.explain import FeatureImportance
 from flops.statistics import StatisticsResult
 from flops.tracking_auth import (
     CREDENTIALS_FILE_ENV,
@@ -545,6 +546,18 @@ class MlflowTracker:
         for feature, figure in statistics_figures(result):
             self._until_done(lambda f=figure, n=feature: self.client.log_figure(run_id, f, f"histograms/{n}.png"))  # type: ignore[misc]
 
+    def log_explanation(self, importance: FeatureImportance) -> None:
+        """The model's explanation: JSON, one metric per feature (`importance.<feature>`), a bar chart."""
+        run_id = self.parent_run_id
+        assert run_id is not None
+        now = int(time.time() * 1000)
+        points = [Metric(f"importance.{feature}", value, now, 0) for feature, value in importance.importances.items()]
+        self._until_done(lambda: self.client.log_batch(run_id, metrics=points[:900]))
+        self._until_done(lambda: self.client.log_dict(run_id, importance.model_dump(mode="json"), "explanation.json"))
+        figure = importance_figure(importance)
+        if figure is not None:
+            self._until_done(lambda: self.client.log_figure(run_id, figure, "explanation/importance.png"))
+
     def finish(self, succeeded: bool, error: str | None = None) -> None:
         """End the training run; a successful training's rounds are all written first.
 
@@ -577,14 +590,34 @@ class MlflowTracker:
         return run_url(self.tracking_uri, self.experiment_id or "", self.parent_run_id or "")
 
 
-def statistics_figures(result: StatisticsResult) -> list[tuple[str, Any]]:
-    """(feature, matplotlib figure) of each feature's histograms; none without matplotlib."""
+def importance_figure(importance: FeatureImportance, top: int = 20) -> Any:
+    """A horizontal bar chart of the `top` features' importances; None without matplotlib."""
+    pyplot = _pyplot()
+    if pyplot is None:
+        return None
+    shown = list(importance.importances.items())[:top][::-1]
+    figure, axes = pyplot.subplots(figsize=(6, 0.3 * len(shown) + 1.2))
+    axes.barh([name for name, _ in shown], [value for _, value in shown])
+    axes.set_xlabel(f"mean |attribution| ({importance.method}), weighted over nodes")
+    figure.tight_layout()
+    return figure
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         from matplotlib import pyplot
     except ImportError:
+        return None
+    return pyplot
+
+
+def statistics_figures(result: StatisticsResult) -> list[tuple[str, Any]]:
+    """(feature, matplotlib figure) of each feature's histograms; none without matplotlib."""
+    pyplot = _pyplot()
+    if pyplot is None:
         return []
     figures = []
     for feature, figures_of in result.features.items():

@@ -54,6 +54,8 @@ class Job(StrEnum):
 class PostTrainingStep(StrEnum):
     BUILD_IMAGE = "build_image_for_trained_model"
     DEPLOY_IMAGE = "deploy_trained_model_image"
+    # Ours: the learners explain the best model on their data (flops.explain), before the actors go.
+    EXPLAIN = "explain_model"
 
 
 class Backend(StrEnum):
@@ -175,6 +177,13 @@ class ProjectSLA(Strict):
             raise ValueError("a statistics job has no model: remove post_training_steps")
         if self.training_configuration.mode is TrainingMode.HIERARCHICAL:
             raise ValueError("statistics jobs are not hierarchical: use mode 'classic'")
+        return self
+
+    @model_validator(mode="after")
+    def _explain_is_classic(self) -> "ProjectSLA":
+        hierarchical = self.training_configuration.mode is TrainingMode.HIERARCHICAL
+        if PostTrainingStep.EXPLAIN in self.post_training_steps and hierarchical:
+            raise ValueError("explain_model is not available in hierarchical mode yet: train classic to explain")
         return self
 
     def statistics_request(self) -> StatisticsRequest:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flops.explain import ExplainRequest, FeatureImportance
 from flops.statistics import StatisticsRequest, StatisticsResult
 
 SPEC_RUN_CONFIG_KEY = "flops-spec"
@@ -176,6 +177,9 @@ class TrainingSpec(BaseModel):
     statistics: StatisticsRequest | None = Field(
         default=None, description="a statistics job (flops.statistics) instead of a training"
     )
+    explain: ExplainRequest | None = Field(
+        default=None, description="after training, explain the best model on the learners (flops.explain)"
+    )
 
     @model_validator(mode="after")
     def _client_minimums_fit(self) -> "TrainingSpec":
@@ -184,6 +188,8 @@ class TrainingSpec(BaseModel):
             raise ValueError("a spec is the root's (hierarchy) or a cluster's (cluster), not both")
         if self.statistics is not None and (self.hierarchy is not None or self.cluster is not None):
             raise ValueError("statistics jobs are not hierarchical")
+        if self.explain is not None and self.hierarchy is not None:
+            raise ValueError("explain_model is not available in hierarchical mode yet: train classic to explain")
         return self
 
     @classmethod
@@ -294,4 +300,5 @@ class TrainingSummary(BaseModel):
     tracking_uri: str | None = None
     duration_s: float = 0.0
     statistics: StatisticsResult | None = None
+    explanation: FeatureImportance | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

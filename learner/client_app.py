@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flops.data.privacy import read_privacy_policy
+from flops.explain import EXPLAIN_ANSWER_KEY, EXPLAIN_PASS, EXPLAIN_RECORD
 from flops.ml_repo.loader import load_model_manager_class, user_code
 from flops.statistics import STATISTICS_ANSWER_KEY, STATISTICS_EDGES_KEY, STATISTICS_PASS_KEY, STATISTICS_RECORD
 from flops.training import (
@@ -106,14 +107,21 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """A statistics job's pass (`flops.statistics`): aggregates of the node's data through its owner's filters."""
+    config = msg.content.config_records.get("config") or ConfigRecord()
+    if config.get(STATISTICS_PASS_KEY) == EXPLAIN_PASS:
+        runner, spec = _runner(context)
+        if spec.explain is None:
+            raise ValueError("this run was not asked to explain its model")
+        arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
+        answer = runner.explain(arrays, spec.explain).model_dump_json()
+        return Message(content=RecordDict({EXPLAIN_RECORD: ConfigRecord({EXPLAIN_ANSWER_KEY: answer})}), reply_to=msg)
     spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
     if spec.statistics is None:
-        raise ValueError("a query message belongs to a statistics job, and this run is a training")
+        raise ValueError("a query message belongs to a statistics job or an explanation, and this run is neither")
     node = node_context(context, spec)
     request = spec.statistics.model_copy(update={"data_tags": list(node.data_tags)})
     policy = read_privacy_policy(node.data_dir).tightened_by(request.privacy, node.node_name)
     frame = node_frame(node.data_dir, list(node.data_tags))
-    config = msg.content.config_records.get("config") or ConfigRecord()
     if config.get(STATISTICS_PASS_KEY) == "histogram":
         edges = json.loads(str(config.get(STATISTICS_EDGES_KEY, "{}")))
         answer = node_histogram(node.node_name, frame, edges, policy).model_dump_json()

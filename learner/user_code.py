@@ -24,8 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from flops.data.node_data import NodeDataSettings, missing_tags
+from flops.explain import ExplainRequest, NodeImportance
 from flops.ml_repo.inert_mlflow import install as install_inert_mlflow
 from flops.ml_repo.loader import UserCodeError, user_code
+from learner.explain import attributions
 
 Arrays = list[NDArray[Any]]
 
@@ -132,6 +134,26 @@ class ModelRunner:
                 manager.set_model_parameters(trained)
             loss, accuracy, eval_examples = manager.evaluate_model()
         return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples), received)
+
+    def explain(self, parameters: Arrays, request: ExplainRequest) -> NodeImportance:
+        """Feature attributions of the model with `parameters` on this node's data (`flops.explain`).
+
+        The ModelManager gives the data to explain on with `get_explanation_data()`:
+        `(features, labels, feature_names)`.
+        """
+        manager = self._loaded_manager()
+        with user_code(self.node.node_name):
+            data = getattr(manager, "get_explanation_data", None)
+            if not callable(data):
+                raise UserCodeError(
+                    f"{self.node.node_name}: the ModelManager has no get_explanation_data() -> (features, labels, "
+                    "feature_names), which explain_model needs (see docs/ml-repository.md)"
+                )
+            manager.set_model_parameters(parameters)
+            x, y, names = data()
+            return attributions(
+                self.node.node_name, manager.get_model(), x, y, list(names), request.method, request.max_samples
+            )
 
     def evaluate(self, parameters: Arrays) -> EvaluateOutcome:
         manager = self._loaded_manager()

@@ -98,6 +98,11 @@ class ModelManager(ModelManagerTemplate):
         accuracy = float(np.mean(self.model.predict(x) == y))
         return float(loss), accuracy, len(y)
 
+    def get_explanation_data(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """What FLOps's explain_model attributes the model's decisions on: every record of this hospital."""
+        (x_train, y_train), (x_test, y_test) = _require(self.train), _require(self.test)
+        return np.vstack([x_train, x_test]), np.concatenate([y_train, y_test]), list(FEATURES)
+
     def get_input_example(self) -> np.ndarray:
         """Two all-zero rows of the model's input: the 30 raw features in FEATURES order."""
         return np.zeros((2, NUM_FEATURES), dtype=np.float64)

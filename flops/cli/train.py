@@ -33,6 +33,7 @@ from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
 from flops.data.node_meta import NodeMetaError, assign_clusters, read_node_meta
 from flops.data.partition import node_name
+from flops.explain import ExplainRequest
 from flops.net import free_port
 from flops.pki import PKI_DIR, ProjectPKI
 from flops.processes import ManagedProcess
@@ -412,6 +413,7 @@ def train_command(
     learner_timeout: float = typer.Option(120.0, "--learner-timeout", help="seconds to wait for learners"),
     timeout: float = typer.Option(3600.0, "--timeout", help="overall limit in seconds"),
     build_timeout: float = typer.Option(1800.0, "--build-timeout", help="seconds the environments may take to build"),
+    explain: bool = typer.Option(False, "--explain", help="after training, explain the best model on the learners"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on the last line"),
     insecure_loopback: bool = typer.Option(
         False,
@@ -456,6 +458,7 @@ def train_command(
             "learner_wait_timeout": learner_timeout,
             "repo_url": repo_url,
             "repo_commit": build.commit,
+            "explain": ExplainRequest() if explain else None,
         }
         if grouped:
             per_cluster = min_available or min(len(members) for members in grouped.values())
@@ -521,5 +524,8 @@ def _print_summary(summary: TrainingSummary, uri: str) -> None:
         if calendar:
             shown += f" (calendar version {calendar}: models:/{name}@{calendar_alias(calendar)})"
         console.print(shown)
+    if summary.explanation is not None:
+        top = ", ".join(f"{name} {value:.4g}" for name, value in list(summary.explanation.importances.items())[:10])
+        console.print(f"feature importance ({summary.explanation.method}): {top}")
     if summary.experiment_id:
         console.print(f"MLflow: {run_url(uri, summary.experiment_id, summary.parent_run_id or '')}")

@@ -21,9 +21,10 @@ from flops.actors import aggregator_command, learner_command
 from flops.build import IMAGE_APP_DIR, BuildResult
 from flops.data.privacy import PRIVACY_FILE
 from flops.events import Component
+from flops.explain import ExplainRequest
 from flops.net import free_port
 from flops.pki import SuperNodeCredentials
-from flops.sla import Job, TrainingMode
+from flops.sla import Job, PostTrainingStep, TrainingMode
 from flops.tracking_auth import CREDENTIALS_FILE_ENV
 from flops.training import Hierarchy, TrainingSpec
 from flops_manager.models import ProcessHandle, Project, ProjectStatus, registry_name
@@ -65,6 +66,8 @@ def training_spec(project: Project, build: BuildResult, clusters: Sequence[str] 
     }
     if sla.job is Job.STATISTICS:
         common["statistics"] = sla.statistics_request()
+    if PostTrainingStep.EXPLAIN in sla.post_training_steps:
+        common["explain"] = ExplainRequest()
     if config.mode is TrainingMode.HIERARCHICAL:
         hierarchy = Hierarchy(
             clusters=list(clusters),
