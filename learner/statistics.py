@@ -3,8 +3,8 @@
 `node_summary` answers the first pass, `node_histogram` the second (`flops.statistics` says what
 each holds and how the aggregator combines them). Both read the node's Parquet files of the job's
 data tags (no user code runs), apply the policy (the node's `privacy.yaml`, tightened by the
-request), and return aggregates only: no value of a single record unless the owner allows
-features of one record (`min_count: 1`), and then only as min and max.
+request), and return aggregates only: with `min_bin_count` k > 1 even min and max are the means of
+the k smallest and largest values, and sketch centroids hold k records or more.
 
 Noise: with a policy's `noise`, each figure gets Laplace (scale sensitivity / epsilon) or Gaussian
 (sigma from the classic analytic bound) noise; the epsilon is split evenly over the figures a pass
@@ -74,6 +74,16 @@ class Noiser:
         return float(value + self.rng.normal(0.0, sigma))
 
 
+def extremes(values: NDArray[np.float64], group: int) -> tuple[float, float]:
+    """Min and max; with `group` > 1 the means of the `group` smallest and largest values, so no single
+    record's value is sent (the histogram's outer bins then take the tails: `node_histogram` clips)."""
+    if group <= 1 or len(values) == 0:
+        return float(values.min()), float(values.max())
+    ordered = np.sort(values)
+    size = min(group, len(ordered))
+    return float(ordered[:size].mean()), float(ordered[-size:].mean())
+
+
 def merged_digest(values: NDArray[np.float64], min_weight: int) -> dict[str, Any]:
     """A t-digest of `values` whose centroids each hold at least `min_weight` records (neighbours merged),
     and whose min and max are those of the first and last centroid, not of single records."""
@@ -126,7 +136,8 @@ def node_summary(
         m2 = max(0.0, noise(float(((values - mean) ** 2).sum()), bound * bound))
         figures = FeatureSummary(count=count, sum=total, m2=m2)
         if request.wants(StatisticName.MIN, StatisticName.HISTOGRAM):
-            figures.min, figures.max = noise(float(values.min()), bound), noise(float(values.max()), bound)
+            low, high = extremes(values, policy.min_bin_count)
+            figures.min, figures.max = noise(low, bound), noise(high, bound)
         if request.wants(StatisticName.QUANTILES) and len(values) >= policy.min_bin_count:
             figures.digest = merged_digest(values, policy.min_bin_count)
         summary.features[feature] = figures
@@ -147,7 +158,9 @@ def node_histogram(
         values = values_of(frame, feature)
         if values is None or len(values) < policy.min_count:
             continue
-        counts, _ = np.histogram(values, bins=np.asarray(feature_edges, dtype=np.float64))
+        bins = np.asarray(feature_edges, dtype=np.float64)
+        # Edges span the nodes' reported extremes, which may be group means: the tails go to the outer bins.
+        counts, _ = np.histogram(np.clip(values, bins[0], bins[-1]), bins=bins)
         kept: dict[int, float] = {}
         removed = 0
         for index, count in enumerate(counts.tolist()):
