@@ -454,13 +454,8 @@ def run_statistics_job(
         summary = TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
         if session.tracker is not None:
             session.tracker.log_statistics(result)
-    except (TrainingError, StatisticsError, ValueError) as error:
-        summary = _failed_summary(spec, session, str(error), started, tracking_uri)
-        _finish(session, progress, summary)
-        raise
     except Exception as error:
-        summary = _failed_summary(spec, session, f"{type(error).__name__}: {error}", started, tracking_uri)
-        _finish(session, progress, summary)
+        _report_failure(spec, session, progress, error, started, tracking_uri)
         raise
     _fill_tracking(summary, session)
     summary.duration_s = time.time() - started
@@ -522,13 +517,8 @@ def run_training(
                 if session.tracker is not None:
                     session.tracker.log_explanation(summary.explanation)
                 summary.duration_s = time.time() - started
-    except (TrainingError, UserCodeError, ValueError) as error:
-        summary = _failed_summary(spec, session, str(error), started, tracking_uri)
-        _finish(session, progress, summary)
-        raise
     except Exception as error:
-        summary = _failed_summary(spec, session, f"{type(error).__name__}: {error}", started, tracking_uri)
-        _finish(session, progress, summary)
+        _report_failure(spec, session, progress, error, started, tracking_uri)
         raise
     _finish(session, progress, summary)
     return summary
@@ -632,6 +622,23 @@ def _evaluated_summary(
     summary.final_loss, summary.final_accuracy = report.loss, report.accuracy
     summary.duration_s = time.time() - started
     return summary
+
+
+# Failures whose message is the whole story for the user; any other names its exception type too.
+EXPLAINED_FAILURES = (TrainingError, UserCodeError, StatisticsError, ValueError)
+
+
+def _report_failure(
+    spec: TrainingSpec,
+    session: TrainingSession | None,
+    progress: ProgressLog,
+    error: Exception,
+    started: float,
+    tracking_uri: str | None,
+) -> None:
+    """Summarize, track and announce a training or job that stopped with `error`."""
+    message = str(error) if isinstance(error, EXPLAINED_FAILURES) else f"{type(error).__name__}: {error}"
+    _finish(session, progress, _failed_summary(spec, session, message, started, tracking_uri))
 
 
 def _failed_summary(
