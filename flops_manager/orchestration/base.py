@@ -164,3 +164,8 @@ class Orchestrator(ABC):
     def cluster_placement(self, cluster: str) -> str | None:
         """The `ServiceSpec.node` that places a service in `cluster`; None (the default): no constraint."""
         return None
+
+    def node_placement(self, node: str) -> str | None:
+        """The `ServiceSpec.node` of a learner on the FLOps node `node` (the default: the node's name);
+        None: the backend places it anywhere."""
+        return node

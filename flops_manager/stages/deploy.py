@@ -255,7 +255,8 @@ def deploy_actors(ctx: StageContext, project: Project) -> None:
         for node in nodes:
             identity = identities[node.name].supernode(node.name)
             learner = ServiceSpec(
-                project_id=project.project_id, name=f"learner-{node.name}", role="learner", node=node.name,
+                project_id=project.project_id, name=f"learner-{node.name}", role="learner",
+                node=orchestrator.node_placement(node.name),
                 image=plan.images.get("learner"),
                 command=learner_command(
                     dials[node.name], plan.data_dir(node), config.data_tags, node.name,

@@ -73,6 +73,9 @@ class SpecRecorder(Orchestrator):
     def cluster_placement(self, cluster: str) -> str | None:
         return self.inner.cluster_placement(cluster)
 
+    def node_placement(self, node: str) -> str | None:
+        return self.inner.node_placement(node)
+
     def __getattr__(self, name: str) -> object:  # whatever else the backend offers
         return getattr(self.inner, name)
 

@@ -266,6 +266,11 @@ class OakestraOrchestrator(Orchestrator):
     def cluster_placement(self, cluster: str) -> str | None:
         return cluster
 
+    def node_placement(self, node: str) -> str | None:
+        """A node's placement where FLOPS_OAKESTRA_PLACEMENT names one; else anywhere (a FLOps node name is
+        no Oakestra cluster: as a constraint it would never be scheduled)."""
+        return node if node in self.settings.placement else None
+
     def _service(self, handle: ProcessHandle) -> dict[str, Any] | None:
         _, service_id = split_ref(handle)
         doc = self.client.request("GET", f"/api/service/{service_id}", missing_ok=True)
