@@ -43,6 +43,11 @@ from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
 # from the "Exit Code: N" line it prints.
 SUPERNODE_CONNECTION_ERROR = 305
 CONNECTION_ERROR_LINE = f"Exit Code: {SUPERNODE_CONNECTION_ERROR}".encode()
+# The SuperNode's own API could not bind the port this learner picked: another process took it between
+# the pick and the bind (many learners starting at once). The attempt is made again on a new port.
+PORT_TAKEN_LINE = b"address already in use"
+PORT_TAKEN = -98
+PORT_RETRIES = 5
 JOIN_RETRY_S = 2.0
 # The SuperNode, with its SuperExec in the same process and one warm ClientApp process per run.
 WARM_SUPERNODE = [sys.executable, "-m", "learner.warm_clientapp", "supernode"]
@@ -179,23 +184,28 @@ class Flower:
             runtime = ProjectPKI(folder / "runtime", f"{args.node_name} runtime").superlink([args.host], [])
             port = args.port or free_port(args.host)
             supernode = self.start(supernode_command(args, port, runtime.folder, secret), relay=True)
-            refused = threading.Event()
-            relay = threading.Thread(target=relay_output, args=(supernode, refused), daemon=True)
+            refused, port_taken = threading.Event(), threading.Event()
+            relay = threading.Thread(target=relay_output, args=(supernode, refused, port_taken), daemon=True)
             relay.start()
             try:
                 code = supernode.wait()
                 relay.join(5)
+                if code and port_taken.is_set() and not args.port:
+                    return PORT_TAKEN
                 return SUPERNODE_CONNECTION_ERROR if code and refused.is_set() else code
             finally:
                 self.stop()
 
 
-def relay_output(process: subprocess.Popen[bytes], refused: threading.Event) -> None:
-    """Copy the SuperNode's output to this process's; set `refused` when Flower says it was not admitted."""
+def relay_output(process: subprocess.Popen[bytes], refused: threading.Event, port_taken: threading.Event) -> None:
+    """Copy the SuperNode's output to this process's; set `refused` when Flower says it was not admitted,
+    `port_taken` when its own API could not bind its port."""
     assert process.stdout is not None
     for line in process.stdout:
         if CONNECTION_ERROR_LINE in line:
             refused.set()
+        if PORT_TAKEN_LINE in line:
+            port_taken.set()
         sys.stdout.buffer.write(line)
         sys.stdout.buffer.flush()
 
@@ -219,10 +229,16 @@ def run_flower(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     deadline = time.monotonic() + args.join_timeout
+    ports_tried = 0
     while True:
         code = flower.attempt(args)
         if flower.stopping:
             return 128 + flower.stopped_by
+        if code == PORT_TAKEN and ports_tried < PORT_RETRIES:
+            ports_tried += 1
+            print(f"flops-learner {args.node_name}: its API port was taken meanwhile; starting on another", flush=True)
+            continue
+        code = 1 if code == PORT_TAKEN else code
         if code != SUPERNODE_CONNECTION_ERROR:
             return code
         if time.monotonic() >= deadline:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from flops.training import (
     SPEC_RUN_CONFIG_KEY,
     TrainingSpec,
 )
+from learner.main import CONNECTION_ERROR_LINE, relay_output
 from learner.user_code import ModelRunner, NodeContext, proximal_step
 from tests.conftest import EXAMPLES, ROOT
 
@@ -267,3 +269,25 @@ def test_client_app_trains_user_code_that_tracks_with_inert_mlflow(tmp_path: Pat
     word, examples, accuracy = result.stdout.split()
     assert word == "ok" and int(examples) > 1000 and float(accuracy) > 0.9
     assert list(work.iterdir()) == []  # no mlruns/, no mlflow.db
+
+
+def test_the_supernode_relay_tells_a_taken_port_from_a_refusal() -> None:
+    """Many learners starting at once: one's API port can be taken between its pick and Flower's bind;
+    the learner then starts again on another port (a refusal by the SuperLink is another matter)."""
+    lines = [
+        "ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', 36973): address already in use",
+        "RuntimeError: SuperNode Runtime HTTP API failed to start.",
+    ]
+    script = "; ".join(f"print({line!r})" for line in lines)
+    taken, refused = threading.Event(), threading.Event()
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    relay_output(process, refused, taken)
+    process.wait(10)
+    assert taken.is_set() and not refused.is_set()
+    refusal = subprocess.Popen(
+        [sys.executable, "-c", f"print({CONNECTION_ERROR_LINE.decode()!r})"], stdout=subprocess.PIPE
+    )
+    taken, refused = threading.Event(), threading.Event()
+    relay_output(refusal, refused, taken)
+    refusal.wait(10)
+    assert refused.is_set() and not taken.is_set()
