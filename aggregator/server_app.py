@@ -450,7 +450,7 @@ def run_statistics_job(
         progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
         session.open_tracker()
         request = spec.statistics.model_copy(update={"min_nodes": max(spec.statistics.min_nodes, spec.min_fit_clients)})
-        result, _ = run_statistics(grid, request, spec.round_timeout, session.node_name)
+        result = run_statistics(grid, request, spec.round_timeout, session.node_name)
         summary = TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
         if session.tracker is not None:
             session.tracker.log_statistics(result)

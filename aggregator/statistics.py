@@ -10,7 +10,6 @@ common bin edges from the global min and max; `combine_histograms` adds the node
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -173,9 +172,8 @@ def ask(
 
 def run_statistics(
     grid: Grid, request: StatisticsRequest, timeout: float, name_of: Callable[[int], str]
-) -> tuple[StatisticsResult, float]:
-    """Both passes; the result and how long it took."""
-    started = time.time()
+) -> StatisticsResult:
+    """Both passes over the learners; the combined result."""
     first = ask(grid, {STATISTICS_PASS_KEY: "summary"}, request.min_nodes, timeout, name_of)
     summaries = [NodeSummary.model_validate_json(answer) for answer in first.values()]
     result = combine_summaries(summaries, request)
@@ -185,4 +183,4 @@ def run_statistics(
             config = {STATISTICS_PASS_KEY: "histogram", STATISTICS_EDGES_KEY: json.dumps(edges)}
             second = ask(grid, config, request.min_nodes, timeout, name_of)
             combine_histograms(result, [NodeHistogram.model_validate_json(a) for a in second.values()], edges)
-    return result, time.time() - started
+    return result

@@ -137,7 +137,7 @@ class TrainingSpec(BaseModel):
     """One federated training: rounds, client minimums, strategy, data and model.
 
     Hierarchical FL: the root's spec has `hierarchy` (its `rounds` are the cycles, its client
-    minimums count clusters: `Hierarchy.root_minimums`); a cluster aggregator runs each of the
+    minimums count clusters: `TrainingSpec.hierarchical`); a cluster aggregator runs each of the
     root's messages as a training of its own, `cluster_spec` (with `cluster` set).
     """
 
