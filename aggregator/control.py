@@ -86,7 +86,8 @@ class ControlAPI:
         return names
 
     def run_status(self, run_id: int) -> str | None:
-        """`pending`, `running`, `finished:completed` ... as `flwr ls` shows it; None if unknown."""
+        """`pending`, `running`, `finished:completed` ... as `flwr ls` shows it, then the SuperLink's
+        details if it gave any (`finished:failed: No heartbeat received from the task`); None if unknown."""
         from flwr.proto.control_pb2 import ListRunsRequest
 
         try:
@@ -97,8 +98,9 @@ class ControlAPI:
         run = response.run_dict.get(run_id)
         if run is None:
             return None
-        status, sub_status = run.status.status, run.status.sub_status
-        return f"{status}:{sub_status}" if sub_status else str(status)
+        status, sub_status, details = run.status.status, run.status.sub_status, run.status.details
+        shown = f"{status}:{sub_status}" if sub_status else str(status)
+        return f"{shown}: {details}" if details else shown
 
     @contextmanager
     def for_flwr_cli(self) -> Iterator[None]:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from flops.flower_polling import install as install_flower_hooks
+
 CONTROL_TOKEN_HEADER = "x-flops-control-token"
 # Routes with Flower's own authentication: SuperNodes (signed requests with registered keys)
 # and SuperExec / app processes (the SuperExec secret, per-task tokens).
@@ -102,6 +104,7 @@ def split_arguments(argv: list[str]) -> tuple[Path, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     token_file, flower_arguments = split_arguments(sys.argv[1:] if argv is None else argv)
     install_guard(read_token(token_file))
+    install_flower_hooks("task-patience")
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_arguments]

@@ -41,6 +41,11 @@ SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
 GRID_MODULE = "flwr.superlink.grid.http_grid"
 OBJECTS_MODULE = "flwr.supercore.inflatable.inflatable_utils"
 RETRY_MODULE = "flwr.supercore.retry.retry_invoker"
+TASK_STATE_MODULES = ("flwr.supercore.corestate.in_memory_corestate", "flwr.supercore.corestate.sql_corestate")
+TASK_START_S = 120.0
+"""A launched app process has this long to send its first heartbeat (Flower: 30 s)..."""
+TASK_SILENCE_S = 240.0
+"""... and a running one may be silent this long before its task fails (Flower: 2 x 30 s)."""
 FIRST_OBJECT_RETRY_S = 0.01
 """An object that is not there yet is asked for again after this, then twice as long each time..."""
 OBJECT_RETRY_CAP_S = 0.25
@@ -97,7 +102,7 @@ class SleepProxy:
 
 
 def hooked_module(name: str, attributes: tuple[str, ...]) -> Any:
-    """The Flower module `name`, checked to still have `time` and the (dotted) `attributes` the hooks wrap."""
+    """The Flower module `name`, checked to still have the (dotted) `attributes` the hooks replace."""
     module = importlib.import_module(name)
 
     def present(dotted: str) -> bool:
@@ -108,7 +113,7 @@ def hooked_module(name: str, attributes: tuple[str, ...]) -> Any:
             target = getattr(target, part)
         return True
 
-    missing = [attribute for attribute in ("time", *attributes) if not present(attribute)]
+    missing = [attribute for attribute in attributes if not present(attribute)]
     if missing:
         raise RuntimeError(
             f"Flower {flwr.__version__}: {name} has no {', '.join(missing)}; the adaptive polling "
@@ -146,7 +151,7 @@ def _mark_activity_before(function: Callable[..., Any], backoff: Backoff) -> Cal
 
 def hook_supernode() -> SleepProxy:
     """The SuperNode's pull loop (3 s when idle) and its wait for the ClientApp's reply (0.5 s)."""
-    module = hooked_module(SUPERNODE_MODULE, ("_pull_and_store_message", "_push_messages"))
+    module = hooked_module(SUPERNODE_MODULE, ("time", "_pull_and_store_message", "_push_messages"))
     pull = Backoff(floor=0.02, ceiling=3.0)  # towards the SuperLink: its load matters
     reply = Backoff(floor=0.005, ceiling=0.5)  # the node's own in-memory state
     module._pull_and_store_message = _mark_activity(
@@ -155,6 +160,7 @@ def hook_supernode() -> SleepProxy:
     module._push_messages = _mark_activity(module._push_messages, pull)
     proxy = SleepProxy({3: pull, 0.5: reply})
     module.time = proxy
+    hook_task_patience()  # the SuperNode's runtime API holds its ClientApp tasks' tokens
     return proxy
 
 
@@ -167,7 +173,7 @@ def hook_superexec() -> SleepProxy:
     """
     module = hooked_module(
         SUPEREXEC_MODULE,
-        ("_handle_launch_result", "_get_task_poll_interval", "AutoExecPlugin.visible_output_task_types"),
+        ("time", "_handle_launch_result", "_get_task_poll_interval", "AutoExecPlugin.visible_output_task_types"),
     )
     from flwr.supercore.constant import TaskType
 
@@ -183,7 +189,7 @@ def hook_superexec() -> SleepProxy:
 
 def hook_grid() -> SleepProxy:
     """The ServerApp grid's wait for replies (3 s between pulls)."""
-    module = hooked_module(GRID_MODULE, ("HttpGrid.send_and_receive",))
+    module = hooked_module(GRID_MODULE, ("time", "HttpGrid.send_and_receive"))
     replies = Backoff(floor=0.01, ceiling=3.0)
     module.HttpGrid.send_and_receive = _mark_activity_before(module.HttpGrid.send_and_receive, replies)
     proxy = SleepProxy({3: replies})
@@ -239,6 +245,26 @@ def hook_timeouts_retried() -> None:
     module.RetryInvoker.__init__ = init
 
 
+def hook_task_patience() -> None:
+    """An app process of a loaded machine is not taken for dead: more time for its heartbeats.
+
+    A SuperLink (for its ServerApp) and a SuperNode (for its ClientApp) hold each app process's
+    task token in their corestate: a task not heard from within 30 s of its launch goes back to
+    pending (another process is launched), and a running one silent for 60 s fails with "No
+    heartbeat received from the task". Both waits come from two constants the corestate modules
+    import (`HEARTBEAT_DEFAULT_INTERVAL`, `HEARTBEAT_PATIENCE`; the apps' own heartbeat interval is
+    elsewhere and stays). 50 learners starting on 2 cores (load 90) made a ServerApp miss both: it
+    took 65 s from launch to its first request, and its successor's heartbeat came too late in
+    round 1, which failed the training. The waits are now TASK_START_S and TASK_SILENCE_S. An app
+    that fails still reports so at once (Flower's handlers push the failed task's output); only a
+    process killed outright is noticed later than before, after TASK_SILENCE_S.
+    """
+    for name in TASK_STATE_MODULES:
+        module = hooked_module(name, ("HEARTBEAT_DEFAULT_INTERVAL", "HEARTBEAT_PATIENCE"))
+        module.HEARTBEAT_DEFAULT_INTERVAL = TASK_START_S
+        module.HEARTBEAT_PATIENCE = TASK_SILENCE_S / TASK_START_S
+
+
 def retry_timeouts(invoker: Any) -> None:
     """Make one (existing) RetryInvoker try a timed-out request again (see `hook_timeouts_retried`)."""
     import httpx
@@ -259,6 +285,7 @@ HOOKS: dict[str, Callable[[], object]] = {
     "grid": hook_grid,
     "object-pulls": hook_object_pulls,
     "timeouts-retried": hook_timeouts_retried,
+    "task-patience": hook_task_patience,
 }
 # Installed with every component: each hooked process pulls message objects and retries requests.
 TRANSPORT_HOOKS = ("object-pulls", "timeouts-retried")

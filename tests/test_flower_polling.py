@@ -85,6 +85,26 @@ def test_the_hooked_loops_still_sleep_as_the_hooks_expect(module: str, function:
     assert literal in inspect.getsource(target), f"{module}.{function} no longer calls {literal}"
 
 
+TASK_PATIENCE = """
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+from flops import flower_polling
+assert flower_polling.install("task-patience")
+state = InMemoryNodeState(ObjectStoreFactory().store())  # a SuperNode's; a SuperLink's shares the code
+task_id = state.create_task(task_type="serverapp", run_id=1)
+assert state.claim_task(task_id) and state.activate_task(task_id)
+record = state.task_token_store[task_id]
+print((record.active_until - record.active_until.now(record.active_until.tzinfo)).total_seconds())
+"""
+
+
+def test_a_silent_app_task_keeps_its_token_for_the_longer_patience() -> None:
+    """A running task's token outlives Flower's 60 s by the hooked patience (the corestate's own code)."""
+    done = subprocess.run([sys.executable, "-c", TASK_PATIENCE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == pytest.approx(flower_polling.TASK_SILENCE_S, abs=5)
+
+
 def test_a_missing_hooked_function_fails_loudly() -> None:
     with pytest.raises(RuntimeError, match="update them"):
         flower_polling.hooked_module(flower_polling.GRID_MODULE, ("no_such_function",))
@@ -107,6 +127,10 @@ assert all(f.__kwdefaults__["initial_backoff"] == 1 for f in pulls), "Flower's f
 for component in ("flower-supernode", "flower-superexec", "grid"):
     assert flower_polling.install(component)
     assert flower_polling.install(component)  # once per process
+for name in flower_polling.TASK_STATE_MODULES:  # the SuperNode's hook gives its ClientApp tasks more time
+    state = importlib.import_module(name)
+    assert state.HEARTBEAT_DEFAULT_INTERVAL == flower_polling.TASK_START_S
+    assert state.HEARTBEAT_DEFAULT_INTERVAL * state.HEARTBEAT_PATIENCE == flower_polling.TASK_SILENCE_S
 pull = supernode.time.backoffs[3]
 time.sleep(0.5)
 idle = pull.interval()
