@@ -34,6 +34,7 @@ from aggregator.replies import reply_error
 from aggregator.statistics import StatisticsError, run_statistics
 from aggregator.strategies import build_strategy
 from flops.app_bundle import SHIM_PACKAGE
+from flops.differential_privacy import RoundPrivacy, privacy_spent
 from flops.events import AggregatorFinished, AggregatorStarted, Component, EventName, make_event
 from flops.explain import EXPLAIN_ANSWER_KEY, EXPLAIN_PASS, EXPLAIN_RECORD, FeatureImportance, NodeImportance
 from flops.flower_polling import install as install_adaptive_polling
@@ -299,8 +300,18 @@ class RoundHooks:
         elif server_round == 1 and self.session.evaluates_initial:
             loss, accuracy, examples = received_figures(ok)
             self.session.received = {"loss": loss, "accuracy": accuracy, "examples": examples}
+        clipping_norm = getattr(self, "clipping_norm", None)  # DP: what this round clips to (adaptive: it moves)
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
+        privacy = self.session.spec.differential_privacy
+        if privacy is not None and arrays is not None:
+            norms = getattr(getattr(self, "strategy", None), "update_norms", {}).get(server_round)
+            report.privacy = RoundPrivacy(
+                epsilon=privacy_spent(privacy, server_round).epsilon,
+                delta=privacy.delta,
+                clipping_norm=privacy.clipping_norm if clipping_norm is None else clipping_norm,
+                max_update_norm=max(norms) if norms else None,
+            )
         report.learners = len(ok)
         report.participants = self.session.participants(ok)
         if self.session.spec.hierarchy is not None:
@@ -535,6 +546,8 @@ def _completed_summary(
     summary = TrainingSummary(status="completed", project_id=spec.project_id, rounds=rounds, tracking_uri=tracking_uri)
     if rounds:
         summary.final_loss, summary.final_accuracy = rounds[-1].loss, rounds[-1].accuracy
+    if spec.differential_privacy is not None:
+        summary.privacy = privacy_spent(spec.differential_privacy, len(rounds))
     if session.best is not None:
         best_report, best_parameters = session.best
         summary.best_round = best_report.round

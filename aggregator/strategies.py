@@ -10,6 +10,7 @@ from typing import Any
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
+from aggregator.privacy import private_strategy
 from flops.training import StrategyName, TrainingSpec
 
 # Set from the SLA's client minimums; not user-settable per strategy.
@@ -58,12 +59,20 @@ def strategy_kwargs(spec: TrainingSpec, cls: type[Strategy]) -> dict[str, Any]:
 
 
 def build_strategy(spec: TrainingSpec, base: type | None = None) -> Strategy:
-    """The strategy for `spec`; with `base`, a subclass of it mixing `base` in first."""
+    """The strategy for `spec`; with `base`, a subclass of it mixing `base` in first.
+
+    Under central differential privacy it is Flower's DP wrapper around the strategy, with `base`
+    mixed into the wrapper (`aggregator.privacy.private_strategy`).
+    """
     cls = strategy_class(spec.strategy.name)
-    if base is not None:
-        cls = type(f"{base.__name__}{cls.__name__}", (base, cls), {})
+    privacy = spec.differential_privacy
     try:
-        return cls(**strategy_kwargs(spec, strategy_class(spec.strategy.name)))
+        kwargs = strategy_kwargs(spec, cls)
+        if privacy is not None and privacy.central:
+            return private_strategy(privacy, cls, kwargs, spec.min_fit_clients, base)
+        if base is not None:
+            cls = type(f"{base.__name__}{cls.__name__}", (base, cls), {})
+        return cls(**kwargs)
     except (TypeError, ValueError) as error:
         if isinstance(error, StrategyConfigError):
             raise

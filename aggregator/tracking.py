@@ -181,6 +181,8 @@ def training_params(spec: TrainingSpec) -> dict[str, str]:
                 "min_evaluate_clients": hierarchy.min_evaluate_clients,
             }
         )
+    if spec.differential_privacy is not None:
+        params.update({f"dp.{k}": v for k, v in spec.differential_privacy.model_dump(mode="json").items()})
     params.update({f"strategy.{k}": v for k, v in spec.strategy.parameters.items()})
     params.update({f"hp.{k}": v for k, v in spec.hyperparameters.items()})
     return {key: str(value) for key, value in params.items()}
@@ -193,6 +195,11 @@ def round_metrics(report: RoundReport) -> dict[str, float]:
     values["failures"] = float(len(report.failures))
     values["stragglers"] = float(len(report.stragglers))
     values["round_duration_s"] = report.duration_s
+    if report.privacy is not None:
+        values["dp_epsilon"] = report.privacy.epsilon
+        values["dp_clipping_norm"] = report.privacy.clipping_norm
+        if report.privacy.max_update_norm is not None:
+            values["dp_max_update_norm"] = report.privacy.max_update_norm
     return values
 
 

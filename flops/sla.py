@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from flops.differential_privacy import DifferentialPrivacy, combination_error
 from flops.statistics import StatisticsRequest
 from flops.training import DEFAULT_STRAGGLER_GRACE_S, ModelFlavor, StrategyConfig, check_client_minimums
 
@@ -118,6 +119,14 @@ class TrainingConfiguration(Strict):
         return self
 
 
+class PrivacySettings(Strict):
+    """The SLA's `privacy` section: what the training does so its model does not give records away."""
+
+    differential_privacy: DifferentialPrivacy | None = Field(
+        default=None, description="clip the learners' updates and add noise (server, client or local mode)"
+    )
+
+
 class ResourceConstraints(Strict):
     memory: int = Field(default=100, ge=1, description="MB per FL actor")
     vcpus: float = Field(default=1, gt=0)
@@ -145,6 +154,7 @@ class ProjectSLA(Strict):
     post_training_steps: list[PostTrainingStep] = Field(default_factory=list)
     # Ours, all optional:
     job: Job = Job.TRAINING
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     statistics: StatisticsRequest | None = Field(
         default=None, description="job 'statistics': features, statistics, bins, quantiles, privacy tightening"
     )
@@ -177,6 +187,19 @@ class ProjectSLA(Strict):
             raise ValueError("a statistics job has no model: remove post_training_steps")
         if self.training_configuration.mode is TrainingMode.HIERARCHICAL:
             raise ValueError("statistics jobs are not hierarchical: use mode 'classic'")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> "ProjectSLA":
+        privacy = self.privacy.differential_privacy
+        if privacy is None:
+            return self
+        if self.job is not Job.TRAINING:
+            raise ValueError("privacy.differential_privacy is for trainings: a statistics job's nodes set their noise")
+        hierarchical = self.training_configuration.mode is TrainingMode.HIERARCHICAL
+        error = combination_error(privacy, self.strategy.name.value, hierarchical)
+        if error:
+            raise ValueError(f"privacy.differential_privacy: {error}")
         return self
 
     @model_validator(mode="after")

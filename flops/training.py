@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flops.differential_privacy import DifferentialPrivacy, PrivacySpent, RoundPrivacy, combination_error
 from flops.explain import ExplainRequest, FeatureImportance
 from flops.statistics import StatisticsRequest, StatisticsResult
 
@@ -180,6 +181,9 @@ class TrainingSpec(BaseModel):
     explain: ExplainRequest | None = Field(
         default=None, description="after training, explain the best model on the learners (flops.explain)"
     )
+    differential_privacy: DifferentialPrivacy | None = Field(
+        default=None, description="clip and noise the updates (flops.differential_privacy)"
+    )
 
     @model_validator(mode="after")
     def _client_minimums_fit(self) -> "TrainingSpec":
@@ -190,6 +194,13 @@ class TrainingSpec(BaseModel):
             raise ValueError("statistics jobs are not hierarchical")
         if self.explain is not None and self.hierarchy is not None:
             raise ValueError("explain_model is not available in hierarchical mode yet: train classic to explain")
+        if self.differential_privacy is not None:
+            if self.statistics is not None:
+                raise ValueError("differential_privacy is for trainings; a statistics job has its nodes' noise")
+            hierarchical = self.hierarchy is not None or self.cluster is not None
+            error = combination_error(self.differential_privacy, self.strategy.name.value, hierarchical)
+            if error:
+                raise ValueError(error)
         return self
 
     @classmethod
@@ -256,6 +267,7 @@ class RoundReport(BaseModel):
     clusters: list[ClusterReport] = Field(
         default_factory=list, description="hierarchical FL: each cluster's part of this cycle"
     )
+    privacy: RoundPrivacy | None = Field(default=None, description="differential privacy: clipping and epsilon")
 
     @property
     def finished(self) -> bool:
@@ -301,4 +313,5 @@ class TrainingSummary(BaseModel):
     duration_s: float = 0.0
     statistics: StatisticsResult | None = None
     explanation: FeatureImportance | None = None
+    privacy: PrivacySpent | None = Field(default=None, description="differential privacy: epsilon of the model")
     extra: dict[str, Any] = Field(default_factory=dict)

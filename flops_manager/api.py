@@ -586,6 +586,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
             "build": project.build.model_dump(mode="json") if project.build else None,
             "statistics": training.statistics.model_dump(mode="json") if training and training.statistics else None,
             "explanation": training.explanation.model_dump(mode="json") if training and training.explanation else None,
+            "privacy": training.privacy.model_dump(mode="json") if training and training.privacy else None,
             "inference_url": project.inference_url,
             "image_refs": project.image_refs,
             "components": sorted({h.name for h in project.deployment}),

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from flops.data.privacy import read_privacy_policy
+from flops.differential_privacy import UNIT_WEIGHT_KEY
 from flops.explain import EXPLAIN_ANSWER_KEY, EXPLAIN_PASS, EXPLAIN_RECORD
 from flops.ml_repo.loader import load_model_manager_class, user_code
 from flops.statistics import STATISTICS_ANSWER_KEY, STATISTICS_EDGES_KEY, STATISTICS_PASS_KEY, STATISTICS_RECORD
@@ -35,6 +36,7 @@ from flops.training import (
     TrainingSpec,
 )
 from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
+from learner.privacy import differential_privacy_mod
 from learner.statistics import node_frame, node_histogram, node_summary
 from learner.user_code import ModelRunner, NodeContext, inert_tracking
 
@@ -81,7 +83,7 @@ def _runner(context: Context) -> tuple[ModelRunner, TrainingSpec]:
     return _loaded[key]
 
 
-@app.train()
+@app.train(mods=[differential_privacy_mod])
 def train(msg: Message, context: Context) -> Message:
     runner, spec = _runner(context)
     arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
@@ -93,6 +95,8 @@ def train(msg: Message, context: Context) -> Message:
         "local-loss": outcome.local_loss,
         "local-accuracy": outcome.local_accuracy,
     }
+    if spec.differential_privacy is not None and spec.differential_privacy.central:
+        values[UNIT_WEIGHT_KEY] = 1  # the aggregator's noise is calibrated to a uniform mean
     if outcome.received is not None:
         values |= {
             GLOBAL_LOSS_KEY: outcome.received.loss,

@@ -300,8 +300,7 @@ def serve_tasks(runtime_api_address: str, root_certificates: Path, secret_file: 
 def run_supernode(argv: list[str]) -> None:
     """Flower's flower-supernode with adaptive polling, its warm SuperExec in a thread of the same process."""
     address, root_certificates, secret_file = superexec_address(argv)
-    install_adaptive_polling("flower-supernode")
-    install_adaptive_polling("flower-superexec")
+    install_adaptive_polling("learner")  # the SuperNode's polling and its SuperExec's, linked
     install()
     threading.Thread(
         target=serve_tasks, args=(address, root_certificates, secret_file), name="superexec", daemon=True

@@ -85,6 +85,31 @@ def test_the_hooked_loops_still_sleep_as_the_hooks_expect(module: str, function:
     assert literal in inspect.getsource(target), f"{module}.{function} no longer calls {literal}"
 
 
+LINKED_PROCESS = """
+import importlib, time
+from flops import flower_polling
+supernode = importlib.import_module(flower_polling.SUPERNODE_MODULE)
+supernode._pull_and_store_message = lambda **_: 7  # a pulled message of run 7, without a SuperLink
+assert flower_polling.install("learner")
+assert flower_polling.install("flower-superexec")  # already hooked with the learner: not twice
+superexec = importlib.import_module(flower_polling.SUPEREXEC_MODULE)
+(tasks,) = superexec.time.backoffs.values()
+time.sleep(0.3)
+before = tasks.interval()
+supernode._pull_and_store_message()
+print(tasks.ceiling, before, tasks.interval())
+"""
+
+
+def test_a_learners_superexec_waits_long_when_idle_and_wakes_with_a_pulled_message() -> None:
+    done = subprocess.run([sys.executable, "-c", LINKED_PROCESS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ceiling, idle, woken = (float(value) for value in done.stdout.split())
+    assert ceiling == flower_polling.LINKED_SUPEREXEC_IDLE_S > 1.0, "idle: longer than Flower's 1 s"
+    assert idle >= 0.05, "idle for 0.3 s, the task loop already waits longer than its floor"
+    assert woken == pytest.approx(0.01, abs=0.005), "the SuperNode's pulled message wakes the task loop"
+
+
 TASK_PATIENCE = """
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState

@@ -33,6 +33,7 @@ from flops.config import flops_home, tracking_uri
 from flops.data.node_data import missing_tags
 from flops.data.node_meta import NodeMetaError, assign_clusters, read_node_meta
 from flops.data.partition import node_name
+from flops.differential_privacy import Clipping, DifferentialPrivacy, PrivacyMode
 from flops.explain import ExplainRequest
 from flops.net import free_port
 from flops.pki import PKI_DIR, ProjectPKI
@@ -376,6 +377,13 @@ def _show(event: ProgressEvent, rounds: int, hierarchical: bool = False) -> None
             f"local accuracy {_fmt(report.local_accuracy)}  {actors} {report.learners}  "
             f"{report.duration_s:.1f} s"
         )
+        if report.privacy is not None:
+            privacy = report.privacy
+            largest = "" if privacy.max_update_norm is None else f", largest update {privacy.max_update_norm:.4g}"
+            console.print(
+                f"  privacy: epsilon {privacy.epsilon:.3f} at delta {privacy.delta:g}, "
+                f"clipped to {privacy.clipping_norm:.4g}{largest}"
+            )
         for cluster in report.clusters:
             console.print(
                 f"  {cluster.cluster}: {len(cluster.rounds)} rounds, accuracy {_fmt(cluster.accuracy)}, "
@@ -414,6 +422,11 @@ def train_command(
     timeout: float = typer.Option(3600.0, "--timeout", help="overall limit in seconds"),
     build_timeout: float = typer.Option(1800.0, "--build-timeout", help="seconds the environments may take to build"),
     explain: bool = typer.Option(False, "--explain", help="after training, explain the best model on the learners"),
+    dp: PrivacyMode | None = typer.Option(None, "--dp", help="differential privacy: server, client or local"),
+    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="with --dp: noise std per clipping norm"),
+    clipping_norm: float = typer.Option(1.0, "--clipping-norm", help="with --dp: L2 norm updates are clipped to"),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="with --dp: the delta epsilon is reported at"),
+    adaptive_clipping: bool = typer.Option(False, "--adaptive-clipping", help="with --dp server|client"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on the last line"),
     insecure_loopback: bool = typer.Option(
         False,
@@ -459,6 +472,15 @@ def train_command(
             "repo_url": repo_url,
             "repo_commit": build.commit,
             "explain": ExplainRequest() if explain else None,
+            "differential_privacy": None
+            if dp is None
+            else DifferentialPrivacy(
+                mode=dp,
+                clipping=Clipping.ADAPTIVE if adaptive_clipping else Clipping.FIXED,
+                noise_multiplier=noise_multiplier,
+                clipping_norm=clipping_norm,
+                delta=dp_delta,
+            ),
         }
         if grouped:
             per_cluster = min_available or min(len(members) for members in grouped.values())
@@ -524,6 +546,12 @@ def _print_summary(summary: TrainingSummary, uri: str) -> None:
         if calendar:
             shown += f" (calendar version {calendar}: models:/{name}@{calendar_alias(calendar)})"
         console.print(shown)
+    if summary.privacy is not None:
+        spent = summary.privacy
+        console.print(
+            f"differential privacy ({spent.mode.value}): epsilon {spent.epsilon:.3f} at delta {spent.delta:g} "
+            f"after {spent.rounds} rounds, noise multiplier {spent.noise_multiplier:g}"
+        )
     if summary.explanation is not None:
         top = ", ".join(f"{name} {value:.4g}" for name, value in list(summary.explanation.importances.items())[:10])
         console.print(f"feature importance ({summary.explanation.method}): {top}")

@@ -68,6 +68,8 @@ def training_spec(project: Project, build: BuildResult, clusters: Sequence[str] 
         common["statistics"] = sla.statistics_request()
     if PostTrainingStep.EXPLAIN in sla.post_training_steps:
         common["explain"] = ExplainRequest()
+    if sla.privacy.differential_privacy is not None:
+        common["differential_privacy"] = sla.privacy.differential_privacy
     if config.mode is TrainingMode.HIERARCHICAL:
         hierarchy = Hierarchy(
             clusters=list(clusters),
