@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import add_mode_arguments, mode_of, table, write_result  # noqa: E402
 from flops.runtime_env import FLOWER_OFFLINE_ENV  # noqa: E402
 
-SCRIPTS = ["e2e", "overhead", "api_load", "scale", "hierarchical", "images", "gpu"]
+SCRIPTS = ["e2e", "overhead", "api_load", "scale", "hierarchical", "privacy", "images", "gpu"]
 NO_SMOKE = {"overhead"}  # has only --quick and --full
 QUICK_BUDGET_S = 15 * 60
 

@@ -15,9 +15,12 @@ from pydantic import ValidationError
 from aggregator.privacy import update_norm
 from aggregator.server_app import RoundHooks
 from aggregator.strategies import build_strategy
+from flops.build import BuildResult
 from flops.differential_privacy import UNIT_WEIGHT_KEY, DifferentialPrivacy, privacy_spent
 from flops.sla import ProjectSLA
 from flops.training import SPEC_RUN_CONFIG_KEY, TrainingSpec
+from flops_manager.models import Project
+from flops_manager.stages.deploy import training_spec
 from learner.privacy import differential_privacy_mod
 
 GLOBAL = [np.zeros((100, 50)), np.zeros(50)]
@@ -216,3 +219,10 @@ def test_a_statistics_job_refuses_differential_privacy() -> None:
                 "privacy": {"differential_privacy": {"mode": "server", "noise_multiplier": 1, "clipping_norm": 1}},
             }
         )
+
+
+def test_the_managers_spec_carries_the_slas_differential_privacy() -> None:
+    dp = {"mode": "local", "noise_multiplier": 0.2, "clipping_norm": 3.0, "delta": 1e-6}
+    project = Project(project_id="p-1", customer_id="acme", sla=sla(privacy={"differential_privacy": dp}))
+    training = training_spec(project, BuildResult(commit="c" * 40, repo_dir="/builds/r"))
+    assert training.differential_privacy == DifferentialPrivacy.model_validate(dp)
