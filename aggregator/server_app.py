@@ -445,6 +445,9 @@ def main(grid: Grid, context: Context) -> None:
     if spec.statistics is not None:
         run_statistics_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
         return
+    if spec.explain is not None and spec.explain.model_uri:
+        run_explain_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
+        return
     run_training(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
 
 
@@ -465,6 +468,48 @@ def run_statistics_job(
         summary = TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
         if session.tracker is not None:
             session.tracker.log_statistics(result)
+    except Exception as error:
+        _report_failure(spec, session, progress, error, started, tracking_uri)
+        raise
+    _fill_tracking(summary, session)
+    summary.duration_s = time.time() - started
+    _finish(session, progress, summary)
+    return summary
+
+
+def run_explain_job(
+    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None, mqtt: MqttSettings | None = None
+) -> TrainingSummary:
+    """An explain job (`flops.explain`): the registered model's parameters, as its training run kept
+    them, explained by every learner on its data; the explanation tracked in a run of its own."""
+    assert spec.explain is not None and spec.explain.model_uri is not None
+    model_uri = spec.explain.model_uri
+    started = time.time()
+    progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
+    grace_grid = GraceGrid(grid, spec.straggler_grace_s)
+    session = TrainingSession(spec, progress, tracking_uri, grace_grid)
+    try:
+        if not tracking_uri:
+            raise TrainingError(f"an explain job reads {model_uri} from MLflow, and this aggregator has no tracking")
+        try:
+            from mlflow.tracking import MlflowClient
+
+            from aggregator.tracking import registered_parameters  # MLflow: imported only when needed
+
+            parameters, version = registered_parameters(MlflowClient(tracking_uri), model_uri, state_dir)
+        except ValueError as error:
+            raise TrainingError(str(error)) from error
+        progress.emit(ProgressEvent(kind="model", message=f"explaining {model_uri} (version {version})"))
+        joined = wait_for_learners(grid, spec, progress)
+        progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
+        session.open_tracker()
+        explanation = explain_model(grace_grid, spec, parameters, session.node_name)
+        explanation.model_uri = model_uri
+        summary = TrainingSummary(
+            status="completed", project_id=spec.project_id, explanation=explanation, tracking_uri=tracking_uri
+        )
+        if session.tracker is not None:
+            session.tracker.log_explanation(explanation)
     except Exception as error:
         _report_failure(spec, session, progress, error, started, tracking_uri)
         raise
@@ -559,7 +604,9 @@ def _completed_summary(
             example = example_fn() if callable(example_fn) else None
         np.savez(session.checkpoints / "best.npz", *best_parameters)
         if session.tracker is not None:
-            logged = session.tracker.log_model(model, example, best_report, user_code_paths(manager_class))
+            logged = session.tracker.log_model(
+                model, example, best_report, user_code_paths(manager_class), best_parameters
+            )
             summary.model_uri = logged.model_uri
             summary.registered_model_name = logged.registered_name
             summary.registered_model_version = logged.registered_version

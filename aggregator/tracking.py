@@ -24,6 +24,7 @@ lasts: it raises the error in the training's thread, which ends as on any other 
 import ctypes
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
@@ -42,7 +43,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from flops.explain import FeatureImportance
+from flops.explain import MODEL_URI_PATTERN, PARAMETERS_ARTIFACT, FeatureImportance
 from flops.statistics import StatisticsResult
 from flops.tracking_auth import (
     CREDENTIALS_FILE_ENV,
@@ -186,6 +187,40 @@ def training_params(spec: TrainingSpec) -> dict[str, str]:
     params.update({f"strategy.{k}": v for k, v in spec.strategy.parameters.items()})
     params.update({f"hp.{k}": v for k, v in spec.hyperparameters.items()})
     return {key: str(value) for key, value in params.items()}
+
+
+def job_role(spec: TrainingSpec) -> str:
+    """The `flops.role` of a job's run: training, statistics or explanation (an explain job)."""
+    if spec.statistics is not None:
+        return "statistics"
+    return "explanation" if spec.explain is not None and spec.explain.model_uri else "training"
+
+
+def registered_parameters(client: MlflowClient, model_uri: str, folder: Path) -> tuple[list[np.ndarray], str]:
+    """The parameters of the registered model `model_uri` (models:/NAME/VERSION or models:/NAME@ALIAS),
+    as its training run kept them, and the version; a clear error where there are none."""
+    match = re.match(MODEL_URI_PATTERN, model_uri)
+    if match is None:
+        raise ValueError(f"{model_uri} is no registered model URI: models:/NAME/VERSION or models:/NAME@ALIAS")
+    name, reference = match.group(1), match.group(2)
+    try:
+        if reference.startswith("@"):
+            version = client.get_model_version_by_alias(name, reference[1:])
+        else:
+            version = client.get_model_version(name, reference[1:])
+    except MlflowException as error:
+        raise ValueError(f"{model_uri}: no such registered model version ({error.error_code})") from error
+    if not version.run_id:
+        raise ValueError(f"{model_uri} was not registered by a FLOps training (no run): nothing to explain")
+    try:
+        local = client.download_artifacts(version.run_id, f"{PARAMETERS_ARTIFACT}/best.npz", str(folder))
+    except MlflowException as error:
+        raise ValueError(
+            f"{model_uri}: its training run {version.run_id} kept no parameters ({PARAMETERS_ARTIFACT}/best.npz); "
+            "models registered by FLOps before explain jobs existed cannot be explained: train again"
+        ) from error
+    with np.load(local) as saved:
+        return [saved[f"arr_{index}"] for index in range(len(saved.files))], str(version.version)
 
 
 def round_metrics(report: RoundReport) -> dict[str, float]:
@@ -361,7 +396,7 @@ class MlflowTracker:
         if self.experiment_id is None:
             self.experiment_id = open_experiment(self.client, self.spec)
         if self.parent_run_id is None:
-            role = "statistics" if self.spec.statistics is not None else "training"
+            role = job_role(self.spec)
             existing = self._find_run({ROLE_TAG: role}) if self._tried_parent else None
             self._tried_parent = True
             if existing is None:
@@ -458,8 +493,16 @@ class MlflowTracker:
         self._attempt(self._flush)
         return report.run_id
 
-    def log_model(self, model: Any, input_example: Any | None, best: RoundReport, code_paths: list[str]) -> LoggedModel:
-        """Every pending round, then the best model logged and registered; `code_paths` carry the user's modules."""
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any | None,
+        best: RoundReport,
+        code_paths: list[str],
+        parameters: list[np.ndarray],
+    ) -> LoggedModel:
+        """Every pending round, then the best model logged and registered; `code_paths` carry the user's
+        modules, and the training run keeps the model's `parameters` (PARAMETERS_ARTIFACT) for explain jobs."""
         self._until_done(self._flush)
         assert self.parent_run_id is not None
         parent_run_id = self.parent_run_id
@@ -489,6 +532,10 @@ class MlflowTracker:
                 )
 
         info = self._until_done(log)
+        with tempfile.TemporaryDirectory(prefix="flops-parameters-") as folder:
+            saved = Path(folder) / "best.npz"
+            np.savez(saved, *parameters)
+            self._until_done(lambda: self.client.log_artifact(parent_run_id, str(saved), PARAMETERS_ARTIFACT))
         version, calendar = self._until_done(lambda: self._register(info.model_uri, getattr(info, "model_id", None)))
         return LoggedModel(
             model_uri=info.model_uri,

@@ -11,9 +11,10 @@ It replies with those per-feature means and its number of examples only. The agg
 them weighted by examples (`FeatureImportance`). No record leaves a node.
 """
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EXPLAIN_PASS = "explain"
 EXPLAIN_RECORD = "flops-explain"
@@ -22,11 +23,35 @@ EXPLAIN_ANSWER_KEY = "answer"
 Method = Literal["auto", "shap", "permutation"]
 
 
+PARAMETERS_ARTIFACT = "parameters"
+"""Where a training run keeps its registered model's parameters (`best.npz`), for explain jobs."""
+MODEL_URI_PATTERN = r"^models:/([^/@\s]+)(/[0-9]+|@[A-Za-z0-9_-]+)$"
+
+
 class ExplainRequest(BaseModel):
+    """Explain a model on the learners: after a training (its best model), or, with `model_uri`, as a
+    job of its own over a registered model (the parameters its training run kept)."""
+
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "auto"
     max_samples: int = Field(default=200, ge=10, le=100_000, description="records per node explained at most")
+    model_uri: str | None = Field(
+        default=None, description="an explain job's registered model: models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
+
+    @field_validator("model_uri")
+    @classmethod
+    def _registered_model(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(MODEL_URI_PATTERN, uri):
+            raise ValueError(f"model_uri {uri!r} is no registered model: models:/NAME/VERSION or models:/NAME@ALIAS")
+        return uri
+
+    @property
+    def registered_name(self) -> str | None:
+        """The registered model's name in `model_uri`."""
+        match = re.match(MODEL_URI_PATTERN, self.model_uri or "")
+        return match.group(1) if match else None
 
 
 class NodeImportance(BaseModel):
@@ -40,6 +65,7 @@ class FeatureImportance(BaseModel):
     """Mean absolute attributions per feature, averaged over the nodes weighted by their examples."""
 
     method: str
+    model_uri: str | None = Field(default=None, description="the registered model explained (an explain job)")
     importances: dict[str, float] = Field(default_factory=dict, description="feature -> importance, descending")
     per_node: dict[str, dict[str, float]] = Field(default_factory=dict)
     examples: dict[str, int] = Field(default_factory=dict)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from flops.differential_privacy import DifferentialPrivacy, combination_error
+from flops.explain import ExplainRequest
 from flops.statistics import StatisticsRequest
 from flops.training import DEFAULT_STRAGGLER_GRACE_S, ModelFlavor, StrategyConfig, check_client_minimums
 
@@ -40,16 +41,25 @@ class TrainingMode(StrEnum):
     HIERARCHICAL = "hierarchical"
 
 
-# FLOps's required fields: what a training cannot do without (a statistics job runs no code).
+# FLOps's required fields: what a job that runs the repository's code cannot do without (a
+# training, an explain job; a statistics job runs no code).
 TRAINING_FIELDS = ("ml_repo_url", "ml_model_flavor")
 TRAINING_NEEDS = "a training needs"
+EXPLAIN_NEEDS = "an explain job needs the model's repository:"
 
 
 class Job(StrEnum):
-    """What a project runs: a training (FLOps's only job), or a statistics job (`flops.statistics`)."""
+    """What a project runs: a training (FLOps's only job), a statistics job (`flops.statistics`), or
+    an explain job: the learners explain a registered model on their data (`flops.explain`)."""
 
     TRAINING = "training"
     STATISTICS = "statistics"
+    EXPLAIN = "explain"
+
+    @property
+    def runs_code(self) -> bool:
+        """Whether the job builds and runs the ML repository's code (a statistics job does not)."""
+        return self is not Job.STATISTICS
 
 
 class PostTrainingStep(StrEnum):
@@ -155,6 +165,9 @@ class ProjectSLA(Strict):
     # Ours, all optional:
     job: Job = Job.TRAINING
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    explain: ExplainRequest | None = Field(
+        default=None, description="job 'explain': the registered model (model_uri), method, records per node"
+    )
     statistics: StatisticsRequest | None = Field(
         default=None, description="job 'statistics': features, statistics, bins, quantiles, privacy tightening"
     )
@@ -174,19 +187,25 @@ class ProjectSLA(Strict):
 
     @model_validator(mode="after")
     def _job_has_what_it_needs(self) -> "ProjectSLA":
-        if self.job is Job.TRAINING:
+        if self.job.runs_code:
             missing = [name for name in TRAINING_FIELDS if name not in self.model_fields_set]
             if missing or not self.ml_repo_url:
-                raise ValueError(f"{TRAINING_NEEDS} {' and '.join(missing or ['ml_repo_url'])}")
-            if self.statistics is not None:
-                raise ValueError("statistics is for job 'statistics': remove it or set the job")
+                what = TRAINING_NEEDS if self.job is Job.TRAINING else EXPLAIN_NEEDS
+                raise ValueError(f"{what} {' and '.join(missing or ['ml_repo_url'])}")
+        if self.statistics is not None and self.job is not Job.STATISTICS:
+            raise ValueError("statistics is for job 'statistics': remove it or set the job")
+        if self.explain is not None and self.job is not Job.EXPLAIN:
+            raise ValueError("explain is for job 'explain' (after a training: post_training_steps explain_model)")
+        if self.job is Job.TRAINING:
             return self
+        if self.job is Job.EXPLAIN and (self.explain is None or self.explain.model_uri is None):
+            raise ValueError("an explain job needs explain.model_uri: the registered model, models:/NAME/VERSION")
         if self.backend is not Backend.LOCAL:
-            raise ValueError("statistics jobs run on the local backend (the nodes of this manager) for now")
+            raise ValueError(f"{self.job.value} jobs run on the local backend (the nodes of this manager) for now")
         if self.post_training_steps:
-            raise ValueError("a statistics job has no model: remove post_training_steps")
+            raise ValueError(f"a {self.job.value} job registers no model: remove post_training_steps")
         if self.training_configuration.mode is TrainingMode.HIERARCHICAL:
-            raise ValueError("statistics jobs are not hierarchical: use mode 'classic'")
+            raise ValueError(f"{self.job.value} jobs are not hierarchical: use mode 'classic'")
         return self
 
     @model_validator(mode="after")
@@ -317,9 +336,9 @@ def parse_sla(document: Any) -> ProjectSLA:
     data = load_document(document) if isinstance(document, str | bytes) else document
     if not isinstance(data, dict):
         raise SLAError("the SLA must be a JSON object", [{"field": "", "reason": "not an object"}])
-    # A training's own required fields, named as fields (the model's check can only name the document).
+    # A code-running job's own required fields, named as fields (the model's check can only name the document).
     missing = []
-    if str(data.get("job", Job.TRAINING.value)) == Job.TRAINING.value:
+    if str(data.get("job", Job.TRAINING.value)) != Job.STATISTICS.value:  # a job that runs the repository's code
         missing = [
             {"field": name, "reason": "required field is missing"} for name in TRAINING_FIELDS if name not in data
         ]
@@ -329,7 +348,7 @@ def parse_sla(document: Any) -> ProjectSLA:
         details = missing + [
             {"field": ".".join(str(p) for p in problem["loc"]) or "(root)", "reason": _reason(problem)}
             for problem in error.errors(include_url=False)
-            if not (missing and _reason(problem).startswith(TRAINING_NEEDS))
+            if not (missing and _reason(problem).startswith((TRAINING_NEEDS, EXPLAIN_NEEDS)))
         ]
         listing = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
         raise SLAError(f"invalid SLA: {listing}", details) from error

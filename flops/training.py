@@ -194,6 +194,9 @@ class TrainingSpec(BaseModel):
             raise ValueError("statistics jobs are not hierarchical")
         if self.explain is not None and self.hierarchy is not None:
             raise ValueError("explain_model is not available in hierarchical mode yet: train classic to explain")
+        explain_job = self.explain is not None and self.explain.model_uri is not None
+        if explain_job and (self.statistics or self.differential_privacy or self.cluster):
+            raise ValueError("an explain job (explain.model_uri) trains nothing: no statistics, DP or clusters")
         if self.differential_privacy is not None:
             if self.statistics is not None:
                 raise ValueError("differential_privacy is for trainings; a statistics job has its nodes' noise")

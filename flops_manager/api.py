@@ -193,7 +193,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
         customer = submitting_customer(sla.customer_id)
         check_source(sla)
         check_submission(sla, customer)
-        if dry_run and sla.job is not Job.TRAINING:
+        if dry_run and not sla.job.runs_code:
             return jsonify({"valid": True, "job": sla.job.value}), 200
         if dry_run:
             checked = slow.run("dry run", settings.dry_run_timeout_s + 15, lambda: check_repository(sla, settings))
@@ -226,7 +226,7 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
 
     def check_source(sla: ProjectSLA) -> None:
         """Refuse a repository this manager does not take, from the URL alone (no oracle)."""
-        if sla.job is not Job.TRAINING:  # a statistics job fetches no repository
+        if not sla.job.runs_code:  # a statistics job fetches no repository
             return
         try:
             settings.sources.check(sla.ml_repo_url, settings.home, admin=g.principal.is_admin,
@@ -236,6 +236,13 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
 
     def check_submission(sla: ProjectSLA, customer: str) -> None:
         """Refuse what cannot work before anything is stored: all but the repository, which the builder checks."""
+        explained = sla.explain.registered_name if sla.job is Job.EXPLAIN and sla.explain is not None else None
+        if explained is not None and not explained.startswith(f"{customer}."):
+            raise ApiError(
+                403,
+                f"customer {customer} explains only its own models: models:/{customer}.NAME/VERSION, not {explained}",
+                {"field": "explain.model_uri"},
+            )
         backend = sla.backend.value
         if backend not in controller.orchestrators:
             hint = ENABLE_HINTS.get(backend, "")

@@ -125,6 +125,9 @@ def prepare_training(
     try:
         name, experiment_id = _experiment(admin, spec, customer)
         model = admin.registered_model(spec.model_name)
+        explain_job = spec.explain is not None and spec.explain.model_uri is not None
+        if model is None and explain_job:
+            raise StageError("deploying", f"no registered model {spec.model_name!r} to explain: train it first")
         if model is None:
             admin.create_registered_model(spec.model_name, {CUSTOMER_TAG: customer})
         elif _owner(model, customer, "model", spec.model_name) is None:

@@ -64,6 +64,11 @@ from flops.flower_polling import SUPEREXEC_MODULE, hooked_module, pinned_flower
 from flops.flower_polling import install as install_adaptive_polling
 from flops.net import port_open, wait_until
 
+# Niceness: a learner's SuperNode yields the CPU to the SuperLink and ServerApp that every learner
+# waits on, where they share a machine (the local backend; 50 learners on 2 cores made the SuperLink
+# answer heartbeats so late that it took learners for dead); its ClientApp worker, batch work, yields
+# more (added to the SuperNode's).
+SUPERNODE_NICENESS = 5
 WORKER_NICENESS = 10
 
 
@@ -251,9 +256,7 @@ def run_worker(argv: list[str]) -> None:
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
     install_adaptive_polling("object-pulls")  # with the other transport hooks
-    # Flower's messaging in this learner and beside it (on one machine: the SuperLink) comes first;
-    # the user's training is batch work.
-    os.nice(WORKER_NICENESS)
+    os.nice(WORKER_NICENESS)  # see SUPERNODE_NICENESS
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     certificates = validate_and_resolve_root_certificates(
@@ -300,6 +303,7 @@ def serve_tasks(runtime_api_address: str, root_certificates: Path, secret_file: 
 def run_supernode(argv: list[str]) -> None:
     """Flower's flower-supernode with adaptive polling, its warm SuperExec in a thread of the same process."""
     address, root_certificates, secret_file = superexec_address(argv)
+    os.nice(SUPERNODE_NICENESS)
     install_adaptive_polling("learner")  # the SuperNode's polling and its SuperExec's, linked
     install()
     threading.Thread(

@@ -268,7 +268,7 @@ def test_rounds_kept_while_the_server_is_away_are_tracked_once_when_it_returns(
     assert tracker.log_round(reports[1]) is None and tracker.log_round(reports[2]) is None
     assert tracker.pending_rounds == [2, 3] and time.monotonic() - away < 15  # training went on
     observatory.start()
-    tracker.log_model(model, None, reports[-1], [])
+    tracker.log_model(model, None, reports[-1], [], [model.coef_, model.intercept_])
     tracker.finish(True)
     assert tracker.pending_rounds == [] and all(report.run_id for report in reports)
 
@@ -298,7 +298,7 @@ def test_a_server_away_too_long_fails_the_training_with_the_reason_within_the_li
         started = time.monotonic()
         assert tracker.log_round(reports[1]) is None
         with pytest.raises(TrackingUnavailableError, match=rf"tracking server at {observatory.uri} unreachable for"):
-            tracker.log_model(model, None, reports[-1], [])
+            tracker.log_model(model, None, reports[-1], [], [model.coef_, model.intercept_])
         waited = time.monotonic() - started
         assert 8 <= waited <= 8 + 15, waited  # the limit, plus at most one request's time-out
         finished = time.monotonic()
@@ -344,6 +344,6 @@ def track(spec: TrainingSpec, uri: str, rounds: int) -> tuple[MlflowTracker, Any
     tracker = MlflowTracker(spec, uri)
     for report in reports:
         tracker.log_round(report)
-    logged = tracker.log_model(model, None, reports[-1], [])
+    logged = tracker.log_model(model, None, reports[-1], [], [model.coef_, model.intercept_])
     tracker.finish(True)
     return tracker, logged

@@ -78,7 +78,7 @@ def track_training(
         reports.append(report)
     if log_model:
         best = max(reports, key=lambda report: report.accuracy or 0.0)
-        tracker.log_model(model, None, best, [])
+        tracker.log_model(model, None, best, [], [model.coef_, model.intercept_])
     tracker.finish(True)
     return tracker, reports
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from flops.actors import builder_command
 from flops.build import BuildFailure, BuildOutcome, BuildResult
 from flops.events import Component
-from flops.sla import Backend, Job
+from flops.sla import Backend
 from flops_manager.disk import sweep_builds
 from flops_manager.models import Project, ProjectStatus, default_model_name
 from flops_manager.orchestration.base import ServiceSpec
@@ -58,7 +58,7 @@ def reconcile(ctx: StageContext, project: Project) -> bool:
     if failure is not None:
         raise StageError(STAGE, failure.error)
     handle = project.handle(BUILDER)
-    if handle is None and project.sla.job is not Job.TRAINING:
+    if handle is None and not project.sla.job.runs_code:
         ctx.store.update(project.project_id, result_changes(no_code_build(ctx, project)))
         return True
     if handle is None:

@@ -68,6 +68,9 @@ def training_spec(project: Project, build: BuildResult, clusters: Sequence[str] 
         common["statistics"] = sla.statistics_request()
     if PostTrainingStep.EXPLAIN in sla.post_training_steps:
         common["explain"] = ExplainRequest()
+    if sla.job is Job.EXPLAIN and sla.explain is not None and sla.explain.registered_name:
+        common["explain"] = sla.explain
+        common["model_name"] = sla.explain.registered_name  # its experiment, and the model it reads
     if sla.privacy.differential_privacy is not None:
         common["differential_privacy"] = sla.privacy.differential_privacy
     if config.mode is TrainingMode.HIERARCHICAL:
