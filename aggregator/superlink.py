@@ -104,7 +104,7 @@ def split_arguments(argv: list[str]) -> tuple[Path, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     token_file, flower_arguments = split_arguments(sys.argv[1:] if argv is None else argv)
     install_guard(read_token(token_file))
-    install_flower_hooks("task-patience")
+    install_flower_hooks("superlink")  # patience with a loaded machine's ServerApp and SuperNodes
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_arguments]

@@ -26,6 +26,7 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,13 @@ GRID_MODULE = "flwr.superlink.grid.http_grid"
 OBJECTS_MODULE = "flwr.supercore.inflatable.inflatable_utils"
 RETRY_MODULE = "flwr.supercore.retry.retry_invoker"
 TASK_STATE_MODULES = ("flwr.supercore.corestate.in_memory_corestate", "flwr.supercore.corestate.sql_corestate")
+NODE_STATE_MODULES = (
+    "flwr.server.superlink.linkstate.in_memory_linkstate",
+    "flwr.server.superlink.linkstate.sql_linkstate",
+)
+NODE_ERRORS_MODULE = "flwr.server.superlink.linkstate.utils"
+NODE_PATIENCE = 4
+"""Heartbeat intervals a SuperLink waits before it takes a silent SuperNode for gone (Flower: 2)."""
 LINKED_SUPEREXEC_IDLE_S = 10.0
 """How long an idle SuperExec beside its SuperNode waits between looks for tasks (see `hook_learner`)."""
 TASK_START_S = 120.0
@@ -283,6 +291,31 @@ def hook_task_patience() -> None:
         module.HEARTBEAT_PATIENCE = TASK_SILENCE_S / TASK_START_S
 
 
+def hook_node_patience() -> None:
+    """A SuperNode of a loaded machine is not taken for gone: NODE_PATIENCE heartbeat intervals.
+
+    A SuperNode tells the SuperLink its heartbeat interval (30 s) and sends one about every 20 s,
+    each call with a 5 s time-out; after 2 intervals without one the SuperLink answers every
+    message for that node with "Node Unavailable", which failed rounds of 50 learners on 2 cores
+    whose SuperLink answered late. Now the SuperLink waits NODE_PATIENCE intervals (2 min); a
+    learner that really died is noticed that much later, and a round with enough replies closes
+    after its straggler grace anyway.
+    """
+    for name in NODE_STATE_MODULES:
+        hooked_module(name, ("HEARTBEAT_PATIENCE",)).HEARTBEAT_PATIENCE = NODE_PATIENCE
+    errors = hooked_module(NODE_ERRORS_MODULE, ("NODE_UNAVAILABLE_ERROR_REASON",))
+    # Flower's reason names its patience ("within 2 x its expected interval"): name ours.
+    errors.NODE_UNAVAILABLE_ERROR_REASON = re.sub(
+        r"within \d+ ", f"within {NODE_PATIENCE} ", errors.NODE_UNAVAILABLE_ERROR_REASON
+    )
+
+
+def hook_superlink() -> None:
+    """The SuperLink's patience with its app tasks (the ServerApp) and its SuperNodes."""
+    hook_task_patience()
+    hook_node_patience()
+
+
 def retry_timeouts(invoker: Any) -> None:
     """Make one (existing) RetryInvoker try a timed-out request again (see `hook_timeouts_retried`)."""
     import httpx
@@ -305,6 +338,7 @@ HOOKS: dict[str, Callable[[], object]] = {
     "timeouts-retried": hook_timeouts_retried,
     "task-patience": hook_task_patience,
     "learner": hook_learner,
+    "superlink": hook_superlink,
 }
 # Installed with every component: each hooked process pulls message objects and retries requests.
 TRANSPORT_HOOKS = ("object-pulls", "timeouts-retried")

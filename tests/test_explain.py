@@ -13,7 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from aggregator.explain import combine_importances
-from flops.explain import NodeImportance
+from flops.explain import ExplainRequest, NodeImportance
+from flops.sla import Job, SLAError, parse_sla
 from learner.explain import attributions
 
 
@@ -60,3 +61,37 @@ def test_features_and_names_must_match() -> None:
     parts, _, _, names, model = hospitals_and_model()
     with pytest.raises(ValueError, match="one name per column"):
         attributions("h", model, parts[0][0], parts[0][1], names[:-1], "permutation", 100)
+
+
+def explain_job_sla(**fields: object) -> dict[str, object]:
+    return {
+        "job": "explain",
+        "ml_repo_url": "https://git.example/acme/hospitals.git",
+        "ml_model_flavor": "sklearn",
+        "explain": {"model_uri": "models:/acme.hospitals/2"},
+        **fields,
+    }
+
+
+def test_an_explain_job_sla_names_a_registered_model_and_its_repository() -> None:
+    sla = parse_sla(explain_job_sla())
+    assert sla.job is Job.EXPLAIN and sla.job.runs_code and not Job.STATISTICS.runs_code
+    assert sla.explain is not None and sla.explain.registered_name == "acme.hospitals"
+    assert ExplainRequest(model_uri="models:/acme.hospitals@v2026-12-1").registered_name == "acme.hospitals"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"explain": {"method": "shap"}}, "an explain job needs explain.model_uri"),
+        ({"explain": {"model_uri": "runs:/0a1b/model"}}, "is no registered model"),
+        ({"explain": {"model_uri": "models:/acme.hospitals"}}, "is no registered model"),
+        ({"ml_repo_url": ""}, "an explain job needs the model's repository"),
+        ({"backend": "docker"}, "explain jobs run on the local backend"),
+        ({"post_training_steps": ["explain_model"]}, "registers no model"),
+        ({"job": "training"}, "explain is for job 'explain'"),
+    ],
+)
+def test_an_explain_job_sla_is_refused_with_what_is_wrong(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(SLAError, match=message):
+        parse_sla(explain_job_sla(**fields))

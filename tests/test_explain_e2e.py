@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from flops.data.partition import partition
 from flops.ml_repo.loader import load_model_manager_class
+from flops.training import calendar_alias
 from learner.explain import attributions
 from tests.conftest import EXAMPLES, run_flops
 
@@ -71,3 +72,29 @@ def test_the_hospitals_explanation_ranks_the_pooled_top_features(
     assert [item.path for item in client.list_artifacts(run_id, "explanation")] == ["explanation/importance.png"]
     top = next(iter(explanation["importances"]))
     assert client.get_run(run_id).data.metrics[f"importance.{top}"] == pytest.approx(explanation["importances"][top])
+
+    # The same model explained again as a job of its own, by its calendar alias: the learners get the
+    # parameters the training run kept, the explanation is tracked in a run of its own.
+    alias = calendar_alias(summary["registered_model_calendar_version"])
+    explained = run_flops(
+        "explain", str(EXAMPLE), "--model", f"models:/explain-e2e@{alias}", "--data-dir", str(tmp_path / "nodes"),
+        "--learners", "3", "--tracking-uri", mlflow_server, "--project-id", "explain-job", "--json", timeout=900,
+    )  # fmt: skip
+    assert explained.returncode == 0, explained.stderr[-3000:]
+    job = json.loads(explained.stdout.strip().splitlines()[-1])["explanation"]
+    assert job["model_uri"] == f"models:/explain-e2e@{alias}"
+    assert sorted(job["per_node"]) == ["node-1", "node-2", "node-3"] and job["method"] == "shap"
+    assert len(set(list(job["importances"])[:5]) & set(pooled_top)) >= 3, (job, pooled_top)
+    kept = client.download_artifacts(run_id, "parameters/best.npz", str(tmp_path))
+    with np.load(kept) as saved:
+        assert all(np.array_equal(saved[name], best[name]) for name in best.files), "the registered model's parameters"
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`flops.role` = 'explanation'")
+    assert [r.info.run_name for r in runs] == ["explanation-explain-job"]
+    assert "explanation.json" in {item.path for item in client.list_artifacts(runs[0].info.run_id)}
+
+    missing = run_flops(
+        "explain", str(EXAMPLE), "--model", "models:/explain-e2e/99", "--data-dir", str(tmp_path / "nodes"),
+        "--learners", "3", "--tracking-uri", mlflow_server, "--project-id", "explain-missing", timeout=600,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert "models:/explain-e2e/99: no such registered model version" in missing.stderr

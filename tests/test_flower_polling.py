@@ -123,6 +123,28 @@ print((record.active_until - record.active_until.now(record.active_until.tzinfo)
 """
 
 
+NODE_PATIENCE = """
+import time, types
+from flwr.server.superlink.linkstate import utils
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.supercore.object_store import ObjectStoreFactory
+from flops import flower_polling
+assert flower_polling.install("superlink")
+state = InMemoryLinkState(types.SimpleNamespace(), ObjectStoreFactory().store())  # the SuperLink's own state
+node = state.create_node("owner", "owner", b"public key", 30.0)
+assert state.activate_node(node, 30.0)  # a SuperNode's heartbeat interval: 30 s
+print(state.nodes[node].online_until - time.time(), utils.NODE_UNAVAILABLE_ERROR_REASON)
+"""
+
+
+def test_the_superlink_waits_longer_for_a_silent_supernode_and_says_so() -> None:
+    done = subprocess.run([sys.executable, "-c", NODE_PATIENCE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    online_for, reason = done.stdout.split(" ", 1)
+    assert float(online_for) == pytest.approx(flower_polling.NODE_PATIENCE * 30.0, abs=5), "Flower's own: 60 s"
+    assert f"within {flower_polling.NODE_PATIENCE} " in reason and "Node Unavailable" in reason
+
+
 def test_a_silent_app_task_keeps_its_token_for_the_longer_patience() -> None:
     """A running task's token outlives Flower's 60 s by the hooked patience (the corestate's own code)."""
     done = subprocess.run([sys.executable, "-c", TASK_PATIENCE], capture_output=True, text=True, timeout=120)

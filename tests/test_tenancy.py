@@ -369,3 +369,22 @@ def test_the_admin_lists_and_revokes_tokens_and_a_revoked_token_is_refused_at_on
     last = world.call("DELETE", f"/api/flops/tokens/{admin_id}")
     assert last.status_code == 409 and "last admin token" in last.get_json()["message"]
     assert world.call("GET", "/api/flops/tokens").status_code == 200
+
+
+def test_a_customer_explains_only_its_own_registered_models(world: World) -> None:
+    world.mock(world.bob, "bob-digits")
+
+    def explain(model_uri: str) -> Any:
+        document = project_sla(REMOTE, "bob-digits", job="explain", explain={"model_uri": model_uri})
+        return world.call("POST", "/api/flops/projects", world.bob, json=document)
+
+    before = stored(world)
+    refused = explain("models:/alice.digits/1")
+    assert refused.status_code == 403, refused.get_json()
+    assert "explains only its own models" in refused.get_json()["message"]
+    assert refused.get_json()["details"]["field"] == "explain.model_uri"
+    assert explain("models:/alice.bob.digits@v2026-12-1").status_code == 403  # a prefix is no ownership
+    assert stored(world) == before, "a refused explain job stores nothing"
+    accepted = explain("models:/bob.digits@v2026-12-1")
+    assert accepted.status_code == 200, accepted.get_json()
+    assert stored(world) == before + 1

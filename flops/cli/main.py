@@ -2,7 +2,7 @@
 
 import typer
 
-from flops.cli import data, projects, stats, tokens, tracking, train
+from flops.cli import data, explain, projects, stats, tokens, tracking, train
 
 app = typer.Typer(
     help="FLOps: federated learning as easy to run as a container.",
@@ -13,6 +13,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(tokens.app, name="token")
 app.command("train")(train.train_command)
 app.command("stats")(stats.stats_command)
+app.command("explain")(explain.explain_command)
 app.command("up")(projects.up_command)
 app.command("down")(projects.down_command)
 app.command("status")(projects.status_command)

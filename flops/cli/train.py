@@ -356,7 +356,7 @@ def _read_outcome(path: Path) -> BuildOutcome | None:
         return None
 
 
-def _show_build(build: BuildResult, elapsed: float) -> None:
+def show_build(build: BuildResult, elapsed: float) -> None:
     verb = "reused" if build.reused else "built"
     console.print(
         f"environments {verb} in {elapsed:.1f} s: learners {build.learner_python}, "
@@ -368,7 +368,7 @@ def _show_build(build: BuildResult, elapsed: float) -> None:
         console.print(f"[yellow]dependency warning:[/yellow] {escape(str(warning))}", highlight=False)
 
 
-def _show(event: ProgressEvent, rounds: int, hierarchical: bool = False) -> None:
+def show_progress(event: ProgressEvent, rounds: int, hierarchical: bool = False) -> None:
     if event.kind == "round" and event.round is not None:
         report: RoundReport = event.round
         word, actors = ("cycle", "clusters") if hierarchical else ("round", "learners")
@@ -458,7 +458,7 @@ def train_command(
     except BuildError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from error
-    _show_build(build, time.monotonic() - started)
+    show_build(build, time.monotonic() - started)
     try:
         common: dict[str, Any] = {
             "project_id": run_id,
@@ -523,7 +523,7 @@ def train_command(
     training = LocalTraining(spec, build, node_dirs, uri, state_dir, insecure=insecure_loopback, clusters=grouped)
     try:
         training.start()
-        summary = training.follow(lambda event: _show(event, spec.rounds, hierarchical=bool(grouped)), timeout)
+        summary = training.follow(lambda event: show_progress(event, spec.rounds, hierarchical=bool(grouped)), timeout)
     finally:
         training.stop()
     _print_summary(summary, uri)
