@@ -443,19 +443,24 @@ def main(grid: Grid, context: Context) -> None:
         run_training(grid, spec, state_dir / spec.cluster.folder, None)
         return
     if spec.statistics is not None:
-        run_statistics_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
+        run_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt, statistics_answer)
         return
     if spec.explain is not None and spec.explain.model_uri:
-        run_explain_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
+        run_job(grid, spec, state_dir, settings.tracking_uri, settings.mqtt, explanation_answer)
         return
     run_training(grid, spec, state_dir, settings.tracking_uri, settings.mqtt)
 
 
-def run_statistics_job(
-    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None, mqtt: MqttSettings | None = None
+def run_job(
+    grid: Grid,
+    spec: TrainingSpec,
+    state_dir: Path,
+    tracking_uri: str | None,
+    mqtt: MqttSettings | None,
+    answer: Callable[[TrainingSession], TrainingSummary],
 ) -> TrainingSummary:
-    """A statistics job (`flops.statistics`): both passes over the learners, the result tracked and summarized."""
-    assert spec.statistics is not None
+    """A job of passes over the learners instead of rounds (statistics, explanation): once the
+    learners joined, `answer` asks them and tracks its result; progress and failures as a training's."""
     started = time.time()
     progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
     session = TrainingSession(spec, progress, tracking_uri, GraceGrid(grid, spec.straggler_grace_s))
@@ -463,11 +468,7 @@ def run_statistics_job(
         joined = wait_for_learners(grid, spec, progress)
         progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
         session.open_tracker()
-        request = spec.statistics.model_copy(update={"min_nodes": max(spec.statistics.min_nodes, spec.min_fit_clients)})
-        result = run_statistics(grid, request, spec.round_timeout, session.node_name)
-        summary = TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
-        if session.tracker is not None:
-            session.tracker.log_statistics(result)
+        summary = answer(session)
     except Exception as error:
         _report_failure(spec, session, progress, error, started, tracking_uri)
         raise
@@ -477,46 +478,41 @@ def run_statistics_job(
     return summary
 
 
-def run_explain_job(
-    grid: Grid, spec: TrainingSpec, state_dir: Path, tracking_uri: str | None, mqtt: MqttSettings | None = None
-) -> TrainingSummary:
+def statistics_answer(session: TrainingSession) -> TrainingSummary:
+    """A statistics job (`flops.statistics`): both passes over the learners, the result tracked."""
+    spec = session.spec
+    assert spec.statistics is not None
+    request = spec.statistics.model_copy(update={"min_nodes": max(spec.statistics.min_nodes, spec.min_fit_clients)})
+    result = run_statistics(session.grid, request, spec.round_timeout, session.node_name)
+    if session.tracker is not None:
+        session.tracker.log_statistics(result)
+    return TrainingSummary(status="completed", project_id=spec.project_id, statistics=result)
+
+
+def explanation_answer(session: TrainingSession) -> TrainingSummary:
     """An explain job (`flops.explain`): the registered model's parameters, as its training run kept
     them, explained by every learner on its data; the explanation tracked in a run of its own."""
+    spec = session.spec
     assert spec.explain is not None and spec.explain.model_uri is not None
     model_uri = spec.explain.model_uri
-    started = time.time()
-    progress = ProgressLog(state_dir, event_forwarder(spec.project_id, mqtt))
-    grace_grid = GraceGrid(grid, spec.straggler_grace_s)
-    session = TrainingSession(spec, progress, tracking_uri, grace_grid)
+    if not session.tracking_uri:
+        raise TrainingError(f"an explain job reads {model_uri} from MLflow, and this aggregator has no tracking")
     try:
-        if not tracking_uri:
-            raise TrainingError(f"an explain job reads {model_uri} from MLflow, and this aggregator has no tracking")
-        try:
-            from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient
 
-            from aggregator.tracking import registered_parameters  # MLflow: imported only when needed
+        from aggregator.tracking import registered_parameters  # MLflow: imported only when needed
 
-            parameters, version = registered_parameters(MlflowClient(tracking_uri), model_uri, state_dir)
-        except ValueError as error:
-            raise TrainingError(str(error)) from error
-        progress.emit(ProgressEvent(kind="model", message=f"explaining {model_uri} (version {version})"))
-        joined = wait_for_learners(grid, spec, progress)
-        progress.emit(ProgressEvent(kind="started", message=f"{joined} learners joined", data={"learners": joined}))
-        session.open_tracker()
-        explanation = explain_model(grace_grid, spec, parameters, session.node_name)
-        explanation.model_uri = model_uri
-        summary = TrainingSummary(
-            status="completed", project_id=spec.project_id, explanation=explanation, tracking_uri=tracking_uri
-        )
-        if session.tracker is not None:
-            session.tracker.log_explanation(explanation)
-    except Exception as error:
-        _report_failure(spec, session, progress, error, started, tracking_uri)
-        raise
-    _fill_tracking(summary, session)
-    summary.duration_s = time.time() - started
-    _finish(session, progress, summary)
-    return summary
+        parameters, version = registered_parameters(MlflowClient(session.tracking_uri), model_uri, session.state_dir)
+    except ValueError as error:
+        raise TrainingError(str(error)) from error
+    session.progress.emit(ProgressEvent(kind="model", message=f"explaining {model_uri} (version {version})"))
+    explanation = explain_model(session.grid, spec, parameters, session.node_name)
+    explanation.model_uri = model_uri
+    if session.tracker is not None:
+        session.tracker.log_explanation(explanation)
+    return TrainingSummary(
+        status="completed", project_id=spec.project_id, explanation=explanation, tracking_uri=session.tracking_uri
+    )
 
 
 def run_training(

@@ -226,3 +226,11 @@ def test_the_managers_spec_carries_the_slas_differential_privacy() -> None:
     project = Project(project_id="p-1", customer_id="acme", sla=sla(privacy={"differential_privacy": dp}))
     training = training_spec(project, BuildResult(commit="c" * 40, repo_dir="/builds/r"))
     assert training.differential_privacy == DifferentialPrivacy.model_validate(dp)
+
+
+def test_the_project_view_shows_each_rounds_epsilon() -> None:
+    from flops.cli.projects import _figures
+
+    report = {"accuracy": 0.9, "loss": 0.3, "privacy": {"epsilon": 4.7285, "delta": 1e-5, "clipping_norm": 1.0}}
+    assert _figures(report) == "acc 0.9000  loss 0.3000  epsilon 4.729"
+    assert _figures({"accuracy": 0.9, "loss": 0.3}) == "acc 0.9000  loss 0.3000"

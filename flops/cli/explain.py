@@ -7,7 +7,6 @@ on its own data; the averaged importances are printed and tracked in an `explana
 model's experiment. No record leaves a node.
 """
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,14 +15,13 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from flops.cli.train import (
-    BuildError,
     LocalTraining,
     TrainInputError,
-    build_environments,
+    build_or_exit,
     console,
     node_data_dirs,
+    repository_url,
     resolve_data_tags,
-    show_build,
     show_progress,
 )
 from flops.config import flops_home, tracking_uri
@@ -58,17 +56,10 @@ def explain_command(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     assert request.registered_name is not None
-    local = Path(repo).expanduser()
-    repo_url = str(local.resolve()) if local.is_dir() else repo
+    repo_url = repository_url(repo)
     run_id = project_id or f"explain-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     state_dir = home / "runs" / run_id
-    started = time.monotonic()
-    try:
-        build = build_environments(repo_url, ref, run_id, home / "builds", state_dir, build_timeout)
-    except BuildError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        raise typer.Exit(2) from error
-    show_build(build, time.monotonic() - started)
+    build = build_or_exit(repo_url, ref, run_id, state_dir, build_timeout)
     spec = TrainingSpec(
         project_id=run_id, model_name=request.registered_name, rounds=1, min_available_clients=learners,
         min_fit_clients=learners, min_evaluate_clients=learners, data_tags=tags, explain=request,

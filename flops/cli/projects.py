@@ -177,7 +177,9 @@ def _project_table(project: dict[str, Any]) -> Table:
 
 def _figures(report: dict[str, Any]) -> str:
     accuracy, loss = report.get("accuracy"), report.get("loss")
-    return f"acc {accuracy:.4f}  loss {loss:.4f}" if accuracy is not None and loss is not None else "-"
+    shown = f"acc {accuracy:.4f}  loss {loss:.4f}" if accuracy is not None and loss is not None else "-"
+    privacy = report.get("privacy")
+    return f"{shown}  epsilon {privacy['epsilon']:.3f}" if privacy else shown
 
 
 def watch(client: ManagerClient, project_id: str, poll_s: float = 1.0) -> int:
@@ -239,6 +241,9 @@ def print_summary(project: dict[str, Any]) -> None:
     rounds = project.get("rounds", [])
     last = rounds[-1] if rounds else {}
     console.print(f"[green]completed[/green]: accuracy {last.get('accuracy')}, loss {last.get('loss')}")
+    if project.get("privacy"):
+        spent = project["privacy"]
+        console.print(f"privacy: epsilon {spent['epsilon']:.3f} at delta {spent['delta']:g} ({spent['mode']} DP)")
     model = project.get("model", {})
     if model.get("registered_uri"):
         console.print(f"model:   {model['registered_uri']}")

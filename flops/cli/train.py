@@ -356,6 +356,25 @@ def _read_outcome(path: Path) -> BuildOutcome | None:
         return None
 
 
+def repository_url(repo: str) -> str:
+    """A local folder's absolute path, or the URL as given."""
+    local = Path(repo).expanduser()
+    return str(local.resolve()) if local.is_dir() else repo
+
+
+def build_or_exit(repo_url: str, ref: str, run_id: str, state_dir: Path, build_timeout: float) -> BuildResult:
+    """The repository's environments, built (or reused) as the manager builds them, and shown; a
+    failed build prints the builder's whole reason and exits 2."""
+    started = time.monotonic()
+    try:
+        build = build_environments(repo_url, ref, run_id, flops_home() / "builds", state_dir, build_timeout)
+    except BuildError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from error
+    show_build(build, time.monotonic() - started)
+    return build
+
+
 def show_build(build: BuildResult, elapsed: float) -> None:
     verb = "reused" if build.reused else "built"
     console.print(
@@ -446,19 +465,12 @@ def train_command(
     except TrainInputError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    local = Path(repo).expanduser()
-    repo_url = str(local.resolve()) if local.is_dir() else repo
+    repo_url = repository_url(repo)
     name = model_name or Path(repo_url.rstrip("/")).name.removesuffix(".git") or "model"
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_id = project_id or f"{name}-{stamp}"
     state_dir = home / "runs" / run_id
-    started = time.monotonic()
-    try:
-        build = build_environments(repo_url, ref, run_id, home / "builds", state_dir, build_timeout)
-    except BuildError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        raise typer.Exit(2) from error
-    show_build(build, time.monotonic() - started)
+    build = build_or_exit(repo_url, ref, run_id, state_dir, build_timeout)
     try:
         common: dict[str, Any] = {
             "project_id": run_id,
