@@ -259,11 +259,26 @@ def gpu(result: dict[str, Any]) -> str:
     )
 
 
+# --------------------------------------------------------------------------------- privacy
+def privacy(result: dict[str, Any]) -> str:
+    rows = [
+        [name, fmt(r["accuracy"], 3), fmt(r["accuracy_drop"], 3), fmt(r["epsilon"]), fmt(r["max_update_norm"], 3)]
+        for name, r in result["results"].items()
+    ]
+    return (
+        f"### Differential privacy (`bench/privacy.py`)\n\n{provenance(result)}; {result['learners']} learners x "
+        f"{result['rounds']} rounds of digits-sklearn, epsilon at delta {result['delta']:g}\n\n"
+        + md_table(["setting", "accuracy", "drop", "epsilon", "largest update"], rows)
+        + "\n"
+    )
+
+
 SECTIONS = {
     "e2e": ("End to end", e2e),
     "overhead": ("Overhead over plain Flower", overhead),
     "api_load": ("Manager API under load", api_load),
     "scale": ("Learners on one machine", scale),
+    "privacy": ("Differential privacy", privacy),
     "images": ("OCI images", images),
     "gpu": ("PyTorch on a GPU", gpu),
 }
