@@ -495,21 +495,21 @@ def explanation_answer(session: TrainingSession) -> TrainingSummary:
     spec = session.spec
     assert spec.explain is not None and spec.explain.model_uri is not None
     model_uri = spec.explain.model_uri
-    if not session.tracking_uri:
+    # The tracker (opened, and MLflow imported, in the background by `run_job`) lends its client:
+    # importing MLflow here too, while that thread imports it, fails with a half-initialized module.
+    tracker = session.tracker
+    if tracker is None:
         raise TrainingError(f"an explain job reads {model_uri} from MLflow, and this aggregator has no tracking")
+    from aggregator.tracking import registered_parameters  # MLflow: imported once the tracker is open
+
     try:
-        from mlflow.tracking import MlflowClient
-
-        from aggregator.tracking import registered_parameters  # MLflow: imported only when needed
-
-        parameters, version = registered_parameters(MlflowClient(session.tracking_uri), model_uri, session.state_dir)
+        parameters, version = registered_parameters(tracker.client, model_uri, session.state_dir)
     except ValueError as error:
         raise TrainingError(str(error)) from error
     session.progress.emit(ProgressEvent(kind="model", message=f"explaining {model_uri} (version {version})"))
     explanation = explain_model(session.grid, spec, parameters, session.node_name)
     explanation.model_uri = model_uri
-    if session.tracker is not None:
-        session.tracker.log_explanation(explanation)
+    tracker.log_explanation(explanation)
     return TrainingSummary(
         status="completed", project_id=spec.project_id, explanation=explanation, tracking_uri=session.tracking_uri
     )
