@@ -8,6 +8,7 @@ clips to `clipping_norm` and adds Gaussian noise of standard deviation `noise_mu
 clipping_norm` (`flops.differential_privacy`).
 """
 
+import functools
 import math
 
 from flwr.app import Context, Message
@@ -37,8 +38,13 @@ def mod_for(privacy: DifferentialPrivacy | None) -> Mod | None:
     return adaptiveclipping_mod if privacy.clipping is Clipping.ADAPTIVE else fixedclipping_mod
 
 
+@functools.lru_cache(maxsize=1)
+def run_mod(raw_spec: str) -> Mod | None:
+    """The mod of one run's spec (the run config's JSON), made once per run, not per message."""
+    return mod_for(TrainingSpec.model_validate_json(raw_spec).differential_privacy)
+
+
 def differential_privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Runs the train handler inside the mod of the run's differential privacy (if any)."""
-    spec = TrainingSpec.model_validate_json(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
-    mod = mod_for(spec.differential_privacy)
+    mod = run_mod(str(context.run_config[SPEC_RUN_CONFIG_KEY]))
     return call_next(msg, context) if mod is None else mod(msg, context, call_next)
