@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,21 @@ def machine() -> dict[str, Any]:
 
 def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def flops_train(example: Path, data: Path, tracking: str, project: str, *options: str) -> tuple[dict[str, Any], float]:
+    """One `flops train EXAMPLE --json` (as project `project`, tracked at `tracking`): its summary and
+    wall time; a failed training ends the benchmark with its output's end."""
+    command = [
+        str(BIN / "flops"), "train", str(example), "--data-dir", str(data), "--tracking-uri", tracking,
+        "--project-id", project, "--json", *options,
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, env=dict(os.environ))
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{project} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), wall
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

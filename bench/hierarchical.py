@@ -17,10 +17,8 @@ cluster aggregators in hierarchical), each a copy of the parameters down or up, 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
-    BIN,
     EXAMPLES,
     add_mode_arguments,
+    flops_train,
     median,
     mode_of,
     observatory,
@@ -49,17 +47,10 @@ PLANS = {"quick": (2, 2, 1), "full": (3, 3, 3), "smoke": (1, 1, 1)}
 def train(data: Path, tracking: str, project: str, hierarchical: bool, cycles: int, rounds: int) -> dict[str, Any]:
     """One `flops train`; its summary, wall time and the root link's model transfers."""
     shape = ["--clusters", str(CLUSTERS), "--cycles", str(cycles), "--rounds", str(rounds)]
-    command = [
-        str(BIN / "flops"), "train", str(EXAMPLE), "--data-dir", str(data), "--learners", str(LEARNERS),
-        "--tracking-uri", tracking, "--project-id", project, "--model-name", "bench-hierarchical", "--json",
+    summary, wall = flops_train(
+        EXAMPLE, data, tracking, project, "--learners", str(LEARNERS), "--model-name", "bench-hierarchical",
         *(shape if hierarchical else ["--rounds", str(cycles * rounds)]),
-    ]  # fmt: skip
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, env=dict(os.environ))
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{project} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    )  # fmt: skip
     home = Path(os.environ["FLOPS_HOME"])
     model_bytes = (home / "runs" / project / "checkpoints" / "best.npz").stat().st_size
     # Each training round: the model down to every root SuperNode and back up; the last evaluation: down only.

@@ -13,17 +13,24 @@ the largest averaged update norm of the last round and the wall time of `flops t
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BIN, EXAMPLES, add_mode_arguments, mode_of, observatory, offline_env, table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    EXAMPLES,
+    add_mode_arguments,
+    flops_train,
+    mode_of,
+    observatory,
+    offline_env,
+    table,
+    write_result,
+)
 from flops.data.partition import partition  # noqa: E402
 
 EXAMPLE = EXAMPLES / "digits-sklearn"
@@ -48,17 +55,10 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def train(data: Path, tracking: str, project: str, learners: int, rounds: int, options: list[str]) -> dict[str, Any]:
-    command = [
-        str(BIN / "flops"), "train", str(EXAMPLE), "--data-dir", str(data), "--learners", str(learners),
-        "--rounds", str(rounds), "--tracking-uri", tracking, "--project-id", project,
-        "--model-name", "bench-privacy", "--json", *options,
-    ]  # fmt: skip
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, env=dict(os.environ))
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{project} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary, wall = flops_train(
+        EXAMPLE, data, tracking, project, "--learners", str(learners), "--rounds", str(rounds),
+        "--model-name", "bench-privacy", *options,
+    )  # fmt: skip
     privacy = summary.get("privacy") or {}
     last = (summary["rounds"][-1].get("privacy") or {}) if summary["rounds"] else {}
     return {
