@@ -30,6 +30,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from aggregator.environment import ServerAppSettings
 from aggregator.explain import combine_importances
 from aggregator.grace_grid import GraceGrid
+from aggregator.privacy import update_norm
 from aggregator.replies import reply_error
 from aggregator.statistics import StatisticsError, run_statistics
 from aggregator.strategies import build_strategy
@@ -39,6 +40,7 @@ from flops.events import AggregatorFinished, AggregatorStarted, Component, Event
 from flops.explain import EXPLAIN_ANSWER_KEY, EXPLAIN_PASS, EXPLAIN_RECORD, FeatureImportance, NodeImportance
 from flops.flower_polling import install as install_adaptive_polling
 from flops.flower_polling import retry_timeouts
+from flops.learner_records import LearnerRound, flag_outliers
 from flops.ml_repo.inert_mlflow import inert_mlflow
 from flops.ml_repo.loader import UserCodeError, load_model_manager_class, user_code
 from flops.mqtt import EventPublisher, MqttSettings
@@ -52,6 +54,7 @@ from flops.training import (
     GLOBAL_EXAMPLES_KEY,
     GLOBAL_LOSS_KEY,
     SPEC_RUN_CONFIG_KEY,
+    TRAIN_SECONDS_KEY,
     ClusterReport,
     RoundReport,
     TrainingSpec,
@@ -125,6 +128,8 @@ class TrainingSession:
         self.last_parameters: list[np.ndarray] | None = None
         self.node_names: dict[int, str] = {}
         self.missing: list[tuple[str, str]] = []  # the last phase's (node, reason) without a successful reply
+        self.learner_rounds: dict[int, dict[str, LearnerRound]] = {}  # round -> learner -> its figures
+        self.sent_parameters: list[np.ndarray] = []  # what the current round's train messages carried
         # MLflow is imported and the runs opened in the background: the first round does not
         # need them until it ends, and they cost seconds at start-up.
         self.tracking_uri = tracking_uri
@@ -204,6 +209,38 @@ class TrainingSession:
     def participants(self, replies: list[Message]) -> list[str]:
         return sorted(self.node_name(reply.metadata.src_node_id) for reply in replies)
 
+    def learner_round(self, server_round: int, name: str) -> LearnerRound:
+        return self.learner_rounds.setdefault(server_round, {}).setdefault(name, LearnerRound(learner=name))
+
+    def record_training(self, server_round: int, replies: list[Message], aggregated: ArrayRecord | None) -> None:
+        """Each learner's training figures of `server_round`: examples, local loss and accuracy, time,
+        its update's norm and distance to the averaged update; the learners that failed, with why."""
+        sent = self.sent_parameters
+        average = aggregated.to_numpy_ndarrays() if aggregated is not None else None
+        for reply in replies:
+            record = self.learner_round(server_round, self.node_name(reply.metadata.src_node_id))
+            metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
+            record.examples = int(_metric(metrics, "num-examples") or 0)
+            record.local_loss = _metric(metrics, "local-loss")
+            record.local_accuracy = _metric(metrics, "local-accuracy")
+            record.train_s = _metric(metrics, TRAIN_SECONDS_KEY)
+            arrays = next(iter(reply.content.array_records.values()), None)
+            if arrays is not None and sent:
+                trained = arrays.to_numpy_ndarrays()
+                record.update_norm = update_norm(trained, sent)
+                # The distance of its update to the averaged update: of its parameters to the aggregate.
+                record.distance_to_aggregate = update_norm(trained, average) if average is not None else None
+        for name, reason in self.missing:
+            self.learner_round(server_round, name or "?").failure = reason
+
+    def record_global(self, server_round: int, replies: list[Message], loss_key: str, accuracy_key: str) -> None:
+        """Each learner's loss and accuracy of round `server_round`'s global model on its data."""
+        for reply in replies:
+            record = self.learner_round(server_round, self.node_name(reply.metadata.src_node_id))
+            metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
+            record.global_loss = _metric(metrics, loss_key)
+            record.global_accuracy = _metric(metrics, accuracy_key)
+
     def round_finished(self, server_round: int, arrays: ArrayRecord) -> None:
         """Round `server_round` aggregated: checkpoint it, and publish it once its global model is evaluated.
 
@@ -235,6 +272,8 @@ class TrainingSession:
         if parameters is None:
             return
         report = self.report(server_round)
+        learners = self.learner_rounds.pop(server_round, {})
+        report.per_learner = flag_outliers([learners[name] for name in sorted(learners)])
         if self.tracker is not None:
             self.tracker.log_round(report)  # sets report.run_id; later while MLflow is away (buffered)
         if self.best is None or self._better(report, self.best[0]):
@@ -288,6 +327,7 @@ class RoundHooks:
             server_round == 1 and self.session.evaluates_initial
         )
         config = ConfigRecord({**config, EVALUATE_RECEIVED_KEY: evaluate_received})
+        self.session.sent_parameters = arrays.to_numpy_ndarrays()
         self.session.grid.expect_replies(self.min_train_nodes)
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
@@ -296,12 +336,14 @@ class RoundHooks:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ok = self.session.accept_replies(server_round, list(replies), self.min_train_nodes, "training")
         if self.session.evaluated_later(server_round - 1):
+            self.session.record_global(server_round - 1, ok, GLOBAL_LOSS_KEY, GLOBAL_ACCURACY_KEY)
             self.session.received_evaluation(server_round - 1, ok)
         elif server_round == 1 and self.session.evaluates_initial:
             loss, accuracy, examples = received_figures(ok)
             self.session.received = {"loss": loss, "accuracy": accuracy, "examples": examples}
         clipping_norm = getattr(self, "clipping_norm", None)  # DP: what this round clips to (adaptive: it moves)
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
+        self.session.record_training(server_round, ok, arrays)
         report = self.session.report(server_round)
         privacy = self.session.spec.differential_privacy
         if privacy is not None and arrays is not None:
@@ -338,6 +380,7 @@ class RoundHooks:
         if self.session.evaluated_later(server_round):
             return None
         ok = self.session.accept_replies(server_round, list(replies), self.min_evaluate_nodes, "evaluation")
+        self.session.record_global(server_round, ok, "loss", "accuracy")
         metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
         report = self.session.report(server_round)
         if metrics is not None:

@@ -44,6 +44,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from flops.explain import MODEL_URI_PATTERN, PARAMETERS_ARTIFACT, FeatureImportance
+from flops.learner_records import flagged
 from flops.statistics import StatisticsResult
 from flops.tracking_auth import (
     CREDENTIALS_FILE_ENV,
@@ -223,6 +224,13 @@ def registered_parameters(client: MlflowClient, model_uri: str, folder: Path) ->
         return [saved[f"arr_{index}"] for index in range(len(saved.files))], str(version.version)
 
 
+METRICS_PER_BATCH = 900  # MLflow takes at most 1000 metrics in one log_batch
+LEARNER_METRICS = (
+    "examples", "global_loss", "global_accuracy", "local_loss", "local_accuracy", "train_s", "update_norm",
+    "distance_to_aggregate",
+)  # fmt: skip
+
+
 def round_metrics(report: RoundReport) -> dict[str, float]:
     metrics = {name: getattr(report, name) for name in ROUND_METRICS}
     values = {name: float(value) for name, value in metrics.items() if value is not None}
@@ -230,6 +238,11 @@ def round_metrics(report: RoundReport) -> dict[str, float]:
     values["failures"] = float(len(report.failures))
     values["stragglers"] = float(len(report.stragglers))
     values["round_duration_s"] = report.duration_s
+    for record in report.per_learner:  # each learner's figures, its name in the key
+        figures = {name: getattr(record, name) for name in LEARNER_METRICS}
+        values.update({f"learner.{record.learner}.{k}": float(v) for k, v in figures.items() if v is not None})
+        values[f"learner.{record.learner}.flagged"] = float(bool(record.flags))
+    values["outliers"] = float(sum(1 for record in report.per_learner if record.flags))
     if report.privacy is not None:
         values["dp_epsilon"] = report.privacy.epsilon
         values["dp_clipping_norm"] = report.privacy.clipping_norm
@@ -441,6 +454,9 @@ class MlflowTracker:
                     tags["flops.failures"] = "; ".join(report.failures)[:5000]
                 if report.stragglers:
                     tags["flops.stragglers"] = ", ".join(report.stragglers)[:5000]
+                outliers = flagged(report.per_learner)
+                if outliers:
+                    tags["flops.outliers"] = "; ".join(f"{n}: {', '.join(f)}" for n, f in outliers.items())[:5000]
                 name = f"{'cycle' if cycles else 'round'}-{report.round}"
                 found = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             write.run_id = found
@@ -449,13 +465,17 @@ class MlflowTracker:
                 self._write_cluster(write, cluster)
                 write.clusters.add(cluster.cluster)
         points = [Metric(key, value, write.timestamp_ms, report.round) for key, value in round_metrics(report).items()]
+        batches = [points[offset : offset + METRICS_PER_BATCH] for offset in range(0, len(points), METRICS_PER_BATCH)]
         if not write.logged:
-            self.client.log_batch(write.run_id, metrics=points, params=[Param("round", str(report.round))])
+            self.client.log_batch(write.run_id, metrics=batches[0], params=[Param("round", str(report.round))])
+            for batch in batches[1:]:
+                self.client.log_batch(write.run_id, metrics=batch)
             write.logged = True
         if not write.terminated:
             self.client.set_terminated(write.run_id, "FINISHED")
             write.terminated = True
-        self.client.log_batch(self.parent_run_id, metrics=points)  # the same points again are not doubled
+        for batch in batches:  # the same points again are not doubled
+            self.client.log_batch(self.parent_run_id, metrics=batch)
         write.curves = True
         report.run_id = write.run_id
 
@@ -593,8 +613,8 @@ class MlflowTracker:
             for name in ("count", "sum", "mean", "stddev", "min", "max")
             if (value := getattr(figures, name)) is not None and np.isfinite(value)
         ]
-        for offset in range(0, len(points), 900):  # MLflow takes at most 1000 metrics per batch
-            chunk = points[offset : offset + 900]
+        for offset in range(0, len(points), METRICS_PER_BATCH):
+            chunk = points[offset : offset + METRICS_PER_BATCH]
             self._until_done(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk))  # type: ignore[misc]
         self._until_done(lambda: self.client.log_dict(run_id, result.model_dump(mode="json"), "statistics.json"))
         for feature, figure in statistics_figures(result):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flops.differential_privacy import DifferentialPrivacy, PrivacySpent, RoundPrivacy, combination_error
 from flops.explain import ExplainRequest, FeatureImportance
+from flops.learner_records import LearnerRound
 from flops.statistics import StatisticsRequest, StatisticsResult
 
 SPEC_RUN_CONFIG_KEY = "flops-spec"
@@ -23,6 +24,7 @@ EVALUATE_RECEIVED_KEY = "flops-evaluate-received"
 GLOBAL_LOSS_KEY = "global-loss"
 GLOBAL_ACCURACY_KEY = "global-accuracy"
 GLOBAL_EXAMPLES_KEY = "global-examples"
+TRAIN_SECONDS_KEY = "train-seconds"  # a train reply's time in the user's fit_model (per-learner records)
 # Config keys with this prefix are the platform's, not hyperparameters: user code never sees them.
 PLATFORM_CONFIG_PREFIX = "flops-"
 DEFAULT_STRAGGLER_GRACE_S = 10.0
@@ -271,6 +273,9 @@ class RoundReport(BaseModel):
         default_factory=list, description="hierarchical FL: each cluster's part of this cycle"
     )
     privacy: RoundPrivacy | None = Field(default=None, description="differential privacy: clipping and epsilon")
+    per_learner: list[LearnerRound] = Field(
+        default_factory=list, description="each learner's figures in this round, with its outlier flags"
+    )
 
     @property
     def finished(self) -> bool:

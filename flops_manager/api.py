@@ -32,6 +32,7 @@ from flops.build import BuildOutcome
 from flops.data.catalog import BUNDLED_DATASETS, DatasetUnavailableError
 from flops.data.ownership import OPERATOR, TagOwnership
 from flops.data.partition import partition
+from flops.learner_records import learners_view
 from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, DocumentError, Job, ProjectSLA, SLAError, load_document, parse_sla
@@ -298,6 +299,17 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     @authenticated
     def project_events(project_id: str) -> Response:
         return jsonify([e.model_dump(mode="json") for e in visible_project(project_id).events])
+
+    @app.get("/api/flops/projects/<project_id>/learners")
+    @authenticated
+    def project_learners(project_id: str) -> Response:
+        """Each learner's figures per round and the outliers flagged (`flops.learner_records`); `?round=N` for one."""
+        project = visible_project(project_id)
+        wanted = request.args.get("round")
+        if wanted is not None and not (wanted.isascii() and wanted.isdigit()):
+            raise ApiError(400, f"round is '{wanted}': give a round number, e.g. ?round=2", {"field": "round"})
+        rounds = [(r.round, r.per_learner) for r in project.rounds if wanted is None or r.round == int(wanted)]
+        return jsonify(learners_view(rounds).model_dump(mode="json"))
 
     @app.get("/api/flops/projects/<project_id>/logs")
     @authenticated

@@ -7,6 +7,7 @@ from pydantic.json_schema import models_json_schema
 
 from flops import __version__
 from flops.events import Event
+from flops.learner_records import LearnersView
 from flops.sla import ProjectSLA
 from flops_manager.bodies import MockRequest, TokenRequest
 from flops_manager.models import Project
@@ -125,7 +126,7 @@ def _responses(ok: dict[str, tuple[str, dict[str, Any] | None]], *codes: str) ->
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(ProjectSLA, "validation"), (Project, "serialization"), (Event, "serialization"),
-         (MockRequest, "validation"), (TokenRequest, "validation")],
+         (MockRequest, "validation"), (TokenRequest, "validation"), (LearnersView, "serialization")],
         ref_template="#/components/schemas/{model}",
     )  # fmt: skip
     components = dict(schemas.get("$defs", {}))
@@ -184,6 +185,12 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [project_id],
             "get": {"summary": "project events", "security": secured,
                     "responses": _responses({"200": ("events", None)}, *AUTHENTICATED, "404")},
+        },
+        "/api/flops/projects/{project_id}/learners": {
+            "parameters": [project_id, {"name": "round", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+            "get": {"summary": "each learner's figures per round, and the outliers flagged", "security": secured,
+                    "responses": _responses({"200": ("learners and flags", _ref("LearnersView"))},
+                                            *AUTHENTICATED, "400", "404")},
         },
         "/api/flops/projects/{project_id}/logs": {
             "parameters": [

@@ -33,6 +33,7 @@ from flops.training import (
     GLOBAL_LOSS_KEY,
     PLATFORM_CONFIG_PREFIX,
     SPEC_RUN_CONFIG_KEY,
+    TRAIN_SECONDS_KEY,
     TrainingSpec,
 )
 from learner.node_config import DATA_DIR_KEY, DATA_TAGS_KEY, NODE_NAME_KEY
@@ -94,6 +95,7 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": outcome.num_examples,
         "local-loss": outcome.local_loss,
         "local-accuracy": outcome.local_accuracy,
+        TRAIN_SECONDS_KEY: outcome.train_s,
     }
     if spec.differential_privacy is not None and spec.differential_privacy.central:
         values[UNIT_WEIGHT_KEY] = 1  # the aggregator's noise is calibrated to a uniform mean

@@ -15,6 +15,7 @@ Learners never track: `inert_tracking()` gives user code an inert MLflow
 
 import inspect
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class TrainOutcome:
     local_accuracy: float
     local_eval_examples: int
     received: EvaluateOutcome | None = None  # the model received, evaluated before training
+    train_s: float = 0.0  # the user's fit_model, in seconds
 
 
 def inert_tracking() -> None:
@@ -123,17 +125,19 @@ class ModelRunner:
             if evaluate_received:
                 loss, accuracy, examples = manager.evaluate_model()
                 received = EvaluateOutcome(float(loss), float(accuracy), int(examples))
+            fitting = time.monotonic()
             if _accepts_config(manager.fit_model):
                 num_examples = int(manager.fit_model(dict(config)))
             else:
                 num_examples = int(manager.fit_model())
+            train_s = time.monotonic() - fitting
             trained = [np.asarray(p) for p in manager.get_model_parameters()]
             mu = float(config.get("proximal_mu", 0.0) or 0.0)
             if mu > 0 and not getattr(manager, "handles_proximal_term", False):
                 trained = proximal_step(trained, parameters, mu)
                 manager.set_model_parameters(trained)
             loss, accuracy, eval_examples = manager.evaluate_model()
-        return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples), received)
+        return TrainOutcome(trained, num_examples, float(loss), float(accuracy), int(eval_examples), received, train_s)
 
     def explain(self, parameters: Arrays, request: ExplainRequest) -> NodeImportance:
         """Feature attributions of the model with `parameters` on this node's data (`flops.explain`).

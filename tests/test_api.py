@@ -180,6 +180,31 @@ def test_rounds_done_counts_only_rounds_that_produced_a_model(api: Api, digits_r
     assert view["rounds_done"] == 1 and [r["round"] for r in view["rounds"]] == [1, 2]
 
 
+def test_learners_endpoint_gives_each_learners_rounds_and_the_flags(api: Api, digits_repo: Path) -> None:
+    project_id = api.call("POST", "/api/flops/projects", json=sla(digits_repo)).get_json()["project_id"]
+    flag = {"figure": "local_loss", "value": 2.3, "median": 0.3, "score": 9.1}
+    rounds = [
+        {"round": n, "learners": 2, "duration_s": 1.0, "per_learner": [
+            {"learner": "node-1", "examples": 700, "local_loss": 0.3, "update_norm": 1.9},
+            {"learner": "node-2", "examples": 650, "local_loss": 2.3, "update_norm": 6.1, "flags": [flag] * (n == 2)},
+        ]}
+        for n in (1, 2)
+    ]  # fmt: skip
+    api.store.update(project_id, {"rounds": rounds})
+    view = api.call("GET", f"/api/flops/projects/{project_id}/learners").get_json()
+    assert sorted(view["learners"]) == ["node-1", "node-2"]
+    assert [r["round"] for r in view["learners"]["node-2"]] == [1, 2]
+    assert view["learners"]["node-1"][0]["examples"] == 700
+    assert view["flagged"] == [
+        {"round": 2, "learner": "node-2", "flags": ["local_loss 2.3 (round median 0.3, score 9.1)"]}
+    ]
+    one = api.call("GET", f"/api/flops/projects/{project_id}/learners?round=1").get_json()
+    assert [r["round"] for r in one["learners"]["node-1"]] == [1] and one["flagged"] == []
+    bad = api.call("GET", f"/api/flops/projects/{project_id}/learners?round=last")
+    assert bad.status_code == 400 and bad.get_json()["details"]["field"] == "round"
+    assert api.call("GET", "/api/flops/projects/nope/learners").status_code == 404
+
+
 def test_a_retried_stage_shows_in_the_project(api: Api, digits_repo: Path) -> None:
     project_id = api.call("POST", "/api/flops/projects", json=sla(digits_repo)).get_json()["project_id"]
     assert "retry" not in api.call("GET", f"/api/flops/projects/{project_id}").get_json()

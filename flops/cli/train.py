@@ -35,6 +35,7 @@ from flops.data.node_meta import NodeMetaError, assign_clusters, read_node_meta
 from flops.data.partition import node_name
 from flops.differential_privacy import Clipping, DifferentialPrivacy, PrivacyMode
 from flops.explain import ExplainRequest
+from flops.learner_records import flagged
 from flops.net import free_port
 from flops.pki import PKI_DIR, ProjectPKI
 from flops.processes import ManagedProcess
@@ -396,6 +397,8 @@ def show_progress(event: ProgressEvent, rounds: int, hierarchical: bool = False)
             f"local accuracy {_fmt(report.local_accuracy)}  {actors} {report.learners}  "
             f"{report.duration_s:.1f} s"
         )
+        for learner, reasons in flagged(report.per_learner).items():
+            console.print(f"  [yellow]outlier:[/yellow] {learner}: {'; '.join(reasons)}")
         if report.privacy is not None:
             privacy = report.privacy
             largest = "" if privacy.max_update_norm is None else f", largest update {privacy.max_update_norm:.4g}"

@@ -1,0 +1,44 @@
+"""Per-learner records and the robust rule that names the learner whose figures stand out."""
+
+import pytest
+
+from flops.learner_records import LearnerRound, flag_outliers, flagged, modified_z_scores
+
+
+def rounds(**figures: list[float | None]) -> list[LearnerRound]:
+    count = len(next(iter(figures.values())))
+    return [
+        LearnerRound(learner=f"node-{i + 1}", **{name: values[i] for name, values in figures.items()})
+        for i in range(count)
+    ]
+
+
+def test_the_learner_on_shuffled_labels_is_flagged_and_no_other() -> None:
+    records = flag_outliers(rounds(local_loss=[0.31, 0.28, 2.29, 0.35], update_norm=[1.9, 2.1, 6.4, 2.0]))
+    assert list(flagged(records)) == ["node-3"]
+    figures = {flag.figure for flag in records[2].flags}
+    assert figures == {"local_loss", "update_norm"}
+    flag = next(flag for flag in records[2].flags if flag.figure == "local_loss")
+    assert flag.value == 2.29 and flag.median == pytest.approx(0.33) and flag.score > 3.5
+    assert "local_loss 2.29 (round median 0.33" in flag.describe()
+
+
+def test_learners_that_differ_as_learners_do_are_not_flagged() -> None:
+    records = flag_outliers(rounds(local_loss=[0.31, 0.28, 0.40, 0.35, 0.22], update_norm=[1.9, 2.4, 2.0, 1.6, 2.2]))
+    assert flagged(records) == {}
+
+
+def test_a_learner_better_than_the_others_is_not_flagged() -> None:
+    records = flag_outliers(rounds(local_loss=[0.31, 0.30, 0.01, 0.32]))
+    assert flagged(records) == {}
+
+
+def test_too_few_learners_or_missing_figures_flag_nothing() -> None:
+    assert flagged(flag_outliers(rounds(local_loss=[0.3, 9.0]))) == {}
+    assert flagged(flag_outliers(rounds(local_loss=[0.3, None, 9.0, None]))) == {}
+
+
+def test_a_mad_of_zero_flags_a_learner_above_the_equal_others_but_not_rounding() -> None:
+    assert modified_z_scores([1.0, 1.0, 1.0, 2.0]) == [0.0, 0.0, 0.0, float("inf")]
+    assert list(flagged(flag_outliers(rounds(update_norm=[1.0, 1.0, 1.0, 2.0])))) == ["node-4"]
+    assert flagged(flag_outliers(rounds(update_norm=[1.0, 1.0, 1.0, 1.0 + 1e-12]))) == {}
