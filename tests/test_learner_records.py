@@ -42,3 +42,14 @@ def test_a_mad_of_zero_flags_a_learner_above_the_equal_others_but_not_rounding()
     assert modified_z_scores([1.0, 1.0, 1.0, 2.0]) == [0.0, 0.0, 0.0, float("inf")]
     assert list(flagged(flag_outliers(rounds(update_norm=[1.0, 1.0, 1.0, 2.0])))) == ["node-4"]
     assert flagged(flag_outliers(rounds(update_norm=[1.0, 1.0, 1.0, 1.0 + 1e-12]))) == {}
+
+
+def test_the_store_keeps_the_newest_rounds_learner_records_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flops.training import RoundReport
+    from flops_manager.stages import training
+
+    monkeypatch.setattr(training, "KEPT_LEARNER_RECORDS", 6)
+    reports = [RoundReport(round=n, per_learner=rounds(local_loss=[0.1, 0.2, 0.3])) for n in (3, 1, 2)]
+    stored = training.stored_rounds(reports)
+    assert [r["round"] for r in stored] == [1, 2, 3]
+    assert [len(r.get("per_learner", [])) for r in stored] == [0, 3, 3], "round 1's records are over the budget"

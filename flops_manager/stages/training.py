@@ -26,12 +26,27 @@ REMOTE_RESULT_GRACE_S = 20.0
 TRAINING_STATUSES = (ProjectStatus.DEPLOYING, ProjectStatus.TRAINING)
 
 
+# A project is one document in the store (MongoDB: at most 16 MB): it keeps the per-learner records
+# of its newest rounds up to this many records; MLflow keeps them all (`learner.<name>.*` metrics).
+KEPT_LEARNER_RECORDS = 10_000
+
+
+def stored_rounds(rounds: list[RoundReport]) -> list[dict[str, Any]]:
+    """`rounds` as stored: the oldest rounds' per-learner records dropped beyond KEPT_LEARNER_RECORDS."""
+    kept, stored = 0, []
+    for report in sorted(rounds, key=lambda r: r.round, reverse=True):
+        kept += len(report.per_learner)
+        exclude = {"per_learner"} if kept > KEPT_LEARNER_RECORDS else None
+        stored.append(report.model_dump(mode="json", exclude=exclude))
+    return stored[::-1]
+
+
 def summary_changes(project: Project, summary: TrainingSummary) -> dict[str, Any]:
     """The store fields that record a finished training (its rounds, the registered model)."""
     rounds = summary.rounds or project.rounds
     changes: dict[str, Any] = {
-        "training": summary.model_dump(mode="json"),
-        "rounds": [r.model_dump(mode="json") for r in rounds],
+        "training": summary.model_dump(mode="json", exclude={"rounds"}),  # its rounds: the project's, stored once
+        "rounds": stored_rounds(rounds),
     }
     if summary.registered_model_name:
         changes["model_name"] = summary.registered_model_name
@@ -42,7 +57,7 @@ def summary_changes(project: Project, summary: TrainingSummary) -> dict[str, Any
 def round_changes(project: Project, report: RoundReport) -> dict[str, Any]:
     """The store field that records one more round (a round reported again replaces itself)."""
     rounds = [r for r in project.rounds if r.round != report.round] + [report]
-    return {"rounds": [r.model_dump(mode="json") for r in sorted(rounds, key=lambda r: r.round)]}
+    return {"rounds": stored_rounds(rounds)}
 
 
 def reconcile(ctx: StageContext, project: Project) -> bool:
