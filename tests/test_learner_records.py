@@ -53,3 +53,19 @@ def test_the_store_keeps_the_newest_rounds_learner_records_within_its_budget(mon
     stored = training.stored_rounds(reports)
     assert [r["round"] for r in stored] == [1, 2, 3]
     assert [len(r.get("per_learner", [])) for r in stored] == [0, 3, 3], "round 1's records are over the budget"
+
+
+def test_flops_watch_names_the_flagged_learner_under_its_round() -> None:
+    from rich.console import Console
+
+    from flops.cli.projects import _project_table
+
+    records = flag_outliers(rounds(local_loss=[0.31, 0.28, 2.29, 0.35]))
+    project = {"project_id": "p", "status": "training", "rounds": [
+        {"round": 1, "accuracy": 0.9, "loss": 0.3, "per_learner": [r.model_dump(mode="json") for r in records]},
+    ]}  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(_project_table(project))
+    text = console.export_text()
+    assert "outlier node-3" in text and "local_loss 2.29 (round median 0.33" in text
+    assert "node-1" not in text

@@ -19,6 +19,7 @@ from flops.broker import BrokerError
 from flops.cli.tracking import login_hint
 from flops.client import ManagerClient, ManagerError
 from flops.config import SOURCES_FOLDER, flops_home
+from flops.learner_records import OutlierFlag
 from flops.sandbox import SandboxSettings, SandboxUnavailable
 from flops.tracking_server import TrackingServerError
 
@@ -165,6 +166,10 @@ def _project_table(project: dict[str, Any]) -> Table:
         clusters = report.get("clusters") or []
         word = "cycle" if clusters else "round"
         table.add_row(f"  {word} {report['round']}", _figures(report))
+        for record in report.get("per_learner") or []:  # the learners whose figures stood out
+            if record.get("flags"):
+                reasons = "; ".join(OutlierFlag.model_validate(flag).describe() for flag in record["flags"])
+                table.add_row(f"    [yellow]outlier[/yellow] {record['learner']}", reasons)
         # Hierarchical FL: each cluster's part of the cycle, its learners and its rounds.
         for cluster in clusters:
             learners = ", ".join(cluster.get("learners") or []) or "-"
