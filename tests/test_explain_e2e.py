@@ -18,6 +18,8 @@ from flops.ml_repo.loader import load_model_manager_class
 from flops.training import calendar_alias
 from learner.explain import attributions
 from tests.conftest import EXAMPLES, run_flops
+from tests.git_repos import make_git_repo
+from tests.manager_process import FINAL, Manager, sla
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
 EXAMPLE = EXAMPLES / "hospitals-sklearn"
@@ -98,3 +100,40 @@ def test_the_hospitals_explanation_ranks_the_pooled_top_features(
     )  # fmt: skip
     assert missing.returncode == 1
     assert "models:/explain-e2e/99: no such registered model version" in missing.stderr
+
+
+def test_an_explain_job_through_the_manager_explains_the_customers_registered_model(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """A training registers Admin.hospitals v1; `"job": "explain"` explains it on the nodes' data."""
+    repo = make_git_repo(EXAMPLE, tmp_path / "repos" / "hospitals")
+    manager = Manager(tmp_path / "home", mlflow_server)
+    try:
+        data = {"dataset_name": "breast_cancer", "number_of_partitions": 3, "data_tag": "hospitals"}
+        assert manager.call("POST", "/api/flops/mocks", json={"mock_data_configuration": data}).status_code == 200
+        configuration = {"data_tags": ["hospitals"], "training_rounds": 2, "min_available_clients": 3,
+                         "min_fit_clients": 3, "min_evaluate_clients": 3}  # fmt: skip
+        training = sla(repo, project_name="hospitals", training_configuration=configuration)
+        trained = manager.wait_for(
+            manager.call("POST", "/api/flops/projects", json=training).json()["project_id"], FINAL, timeout=900
+        )
+        assert trained["status"] == "completed", (trained["error"], manager.log())
+        model_uri = f"models:/Admin.hospitals/{trained['model']['version']}"
+        job = sla(repo, project_name="hospitals", training_configuration=configuration, job="explain",
+                  explain={"model_uri": model_uri, "max_samples": 50})  # fmt: skip
+        answer = manager.call("POST", "/api/flops/projects", json=job)
+        assert answer.status_code == 200, answer.text
+        explained = manager.wait_for(answer.json()["project_id"], FINAL, timeout=900)
+        assert explained["status"] == "completed", (explained["error"], manager.log())
+        explanation = explained["explanation"]
+        assert explanation["model_uri"] == model_uri and len(explanation["per_node"]) == 3
+        assert explained["model"]["version"] is None, "an explain job registers no model"
+        missing = {**job, "explain": {"model_uri": "models:/Admin.never-trained/1"}, "project_name": "never-trained"}
+        refused = manager.wait_for(
+            manager.call("POST", "/api/flops/projects", json=missing).json()["project_id"], FINAL, timeout=600
+        )
+        assert (
+            refused["status"] == "failed" and "no registered model 'Admin.never-trained'" in refused["error"]["message"]
+        )
+    finally:
+        manager.stop()
