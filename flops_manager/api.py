@@ -2,7 +2,8 @@
 
 FLOps's paths, with and without the trailing slash. Every error is JSON
 `{"message": ..., "details": ...}` with the right status; every route but health and the
-OpenAPI document needs `Authorization: Bearer <token>`.
+OpenAPI document needs `Authorization: Bearer <token>`; the project routes' GETs also take the
+dashboard's session cookie (`flops_manager.dashboard`), which the manager serves under `/ui`.
 
 The API never fetches the user's repository: a submit validates the SLA and what this
 manager can check without the repository, and answers at once; the builder fetches and
@@ -36,16 +37,17 @@ from flops.learner_records import learners_view
 from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, DocumentError, Job, ProjectSLA, SLAError, load_document, parse_sla
-from flops.tracking_server import experiment_url, run_url
-from flops.training import calendar_alias
 from flops_manager.auth import AuthError, Principal, TokenService, can_access
 from flops_manager.bodies import MockDataConfiguration, MockRequest, TokenRequest
 from flops_manager.controller import Controller
+from flops_manager.dashboard.routes import dashboard_blueprint
+from flops_manager.dashboard.sessions import SESSION_COOKIE, DashboardSessions
 from flops_manager.disk import QuotaExceeded, check_quota
 from flops_manager.models import Project, ProjectStatus
 from flops_manager.nodes import PlacementError, discover_nodes, place_learners, tag_listing, tag_owners, tags_owned
 from flops_manager.openapi import openapi_document
 from flops_manager.orchestration import ENABLE_HINTS, OrchestratorError
+from flops_manager.project_view import project_view
 from flops_manager.settings import ManagerSettings
 from flops_manager.sources import SourceRefused
 
@@ -55,6 +57,8 @@ MIN_CONTAINER_MEMORY_MB = 512
 PROJECT_STARTED = "New FLOps project started successfully"
 MOCK_STARTED = "New Mock-Data-Provider started successfully"
 DRY_RUN_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
+# The dashboard's pages read these with their session cookie (GET only: changes need the header).
+PROJECTS_PATH = "/api/flops/projects"
 TAIL_PATTERN = re.compile(r"^[0-9]{1,9}$")
 F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["MockDataConfiguration", "MockRequest", "TokenRequest", "create_app"]
@@ -112,11 +116,22 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
     slow = SlowWork(limits.slow_workers, min(settings.dry_run_timeout_s, 30.0))
     mocks_lock = threading.Lock()  # node folders are written by one mock request at a time
 
+    sessions = DashboardSessions()
+    app.register_blueprint(dashboard_blueprint(controller, tokens, sessions))
+
+    def credentials() -> str | None:
+        """The request's `Authorization` header; for reading projects, a dashboard session's too."""
+        header = request.headers.get("Authorization")
+        if header is None and request.method in ("GET", "HEAD") and request.path.startswith(PROJECTS_PATH):
+            session = sessions.get(request.cookies.get(SESSION_COOKIE))
+            return session.authorization() if session is not None else None
+        return header
+
     def authenticated(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                g.principal = tokens.authenticate(request.headers.get("Authorization"))
+                g.principal = tokens.authenticate(credentials())
             except AuthError as error:
                 raise ApiError(error.status, error.message) from error
             return view(*args, **kwargs)
@@ -549,70 +564,6 @@ def check_repository(sla: ProjectSLA, settings: ManagerSettings) -> dict[str, An
         "backend": sla.backend.value,
         "stage_durations": outcome.result.stage_durations,
     }
-
-
-def project_view(project: Project, full: bool = False) -> dict[str, Any]:
-    """What the API shows of a project: state, timings, rounds, links; no internals."""
-    view: dict[str, Any] = {
-        "project_id": project.project_id,
-        "customer_id": project.customer_id,
-        "status": project.status.value,
-        "created_at": project.created_at,
-        "updated_at": project.updated_at,
-        "rounds_done": sum(1 for report in project.rounds if report.finished),
-        "error": project.error.model_dump() if project.error else None,
-        "model": {"name": project.model_name, "version": project.model_version},
-    }
-    if project.retry is not None:  # a transient error the manager retries: stage, attempts, next attempt, reason
-        view["retry"] = project.retry.model_dump(mode="json")
-    if not full:
-        return view
-    training = project.training
-    calendar = training.registered_model_calendar_version if training else None
-    view.update(
-        {
-            "sla": project.sla.model_dump(mode="json", by_alias=True),
-            "stages": {
-                name: {"started_at": t.started_at, "ended_at": t.ended_at, "duration_s": t.duration_s}
-                for name, t in project.stages.items()
-            },
-            "rounds": [r.model_dump(mode="json") for r in project.rounds],
-            "tracking": {
-                "url": project.tracking_url,
-                "experiment_id": training.experiment_id if training else None,
-                "run_id": training.parent_run_id if training else None,
-                "experiment_url": (
-                    experiment_url(project.tracking_url, training.experiment_id)
-                    if project.tracking_url and training and training.experiment_id else None
-                ),
-                "run_url": (
-                    run_url(project.tracking_url, training.experiment_id, training.parent_run_id)
-                    if project.tracking_url and training and training.experiment_id and training.parent_run_id
-                    else None
-                ),
-            },
-            "model": {
-                "name": project.model_name,
-                "version": project.model_version,
-                "uri": training.model_uri if training else None,
-                "input": training.model_input.model_dump() if training and training.model_input else None,
-                "registered_uri": (
-                    f"models:/{project.model_name}/{project.model_version}" if project.model_version else None
-                ),
-                "calendar_version": calendar,
-                "calendar_uri": f"models:/{project.model_name}@{calendar_alias(calendar)}" if calendar else None,
-            },
-            "build": project.build.model_dump(mode="json") if project.build else None,
-            "statistics": training.statistics.model_dump(mode="json") if training and training.statistics else None,
-            "explanation": training.explanation.model_dump(mode="json") if training and training.explanation else None,
-            "privacy": training.privacy.model_dump(mode="json") if training and training.privacy else None,
-            "inference_url": project.inference_url,
-            "image_refs": project.image_refs,
-            "components": sorted({h.name for h in project.deployment}),
-            "deployment": [h.model_dump(mode="json", exclude={"log_path"}) for h in project.deployment],
-        }
-    )  # fmt: skip
-    return view
 
 
 def _problems(error: ValidationError) -> list[Any]:

@@ -40,6 +40,7 @@ from flops.events import (
     EventName,
     EventSchemaError,
     EventSenderMismatch,
+    LearnerReport,
     decode_event,
 )
 from flops.sla import ProjectSLA
@@ -184,6 +185,9 @@ class Controller:
         )
         if isinstance(payload, RoundReport):
             record.message = f"round {payload.round}: accuracy {payload.accuracy} loss {payload.loss}"
+            record.round = payload.round
+        if isinstance(payload, LearnerReport):
+            record.node = payload.node
         if self.store.record_event(project.project_id, event.event_id, record, facts(project, event, payload)):
             self.wake.set()
 

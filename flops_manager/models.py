@@ -101,6 +101,8 @@ class EventRecord(BaseModel):
     component: str
     event: str
     message: str = ""
+    node: str | None = None  # learner events: the learner's node
+    round: int | None = None  # round events: the round reported
 
 
 class Project(BaseModel):
