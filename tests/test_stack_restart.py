@@ -82,6 +82,9 @@ def test_up_after_a_manager_crash_restarts_the_manager_alone(stack_env: dict[str
     login = requests.get(f"{url}/api/flops/tracking", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert login.status_code == 200, login.text
     assert login.json()["credentials_file"] == str(credentials_file) and login.json()["password"] is None
+    assert f"dashboard:   {url}/ui" in first.stdout
+    page = requests.get(f"{url}/ui/projects", timeout=30, allow_redirects=False)  # no session: the login form
+    assert page.status_code == 303 and page.headers["Location"].startswith("/ui/login")
     tracking = str(state(stack_env)["tracking_url"])
     assert requests.get(f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10).status_code == 401
     allowed = requests.get(

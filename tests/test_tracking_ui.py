@@ -11,7 +11,6 @@ reads the DOM.
 
 import base64
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,15 +37,9 @@ from flops.tracking_auth import CREDENTIALS_FILE_ENV, TrackingAdmin, TrackingCre
 from flops.tracking_server import experiment_url
 from flops.training import RoundReport, TrainingSpec
 from observatory.main import server_env
+from tests.browser import CHROMEDRIVER, CHROMIUM, NO_BROWSER, chromium, wait_for
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or next(
-    (path for path in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if Path(path).is_file()), None
-)
-UI_TIMEOUT_S = 30.0
-NO_BROWSER = "the UI check needs Debian's chromium and chromedriver: apt-get install -y chromium chromium-driver"
 
 
 def unique(prefix: str) -> str:
@@ -193,44 +186,8 @@ def owner_login(tracking_uri: str, experiment_id: str) -> TrackingCredentials:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip(
-            "the UI check needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the UI check needs selenium (the dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1600,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",  # fresh profile: MLflow's defaults
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(UI_TIMEOUT_S)
-    try:
+    with chromium(tmp_path / "chromium-profile") as driver:  # fresh profile: MLflow's defaults
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver: Any, condition: Any, what: str, screenshot: Path) -> Any:
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, UI_TIMEOUT_S, poll_frequency=0.25).until(condition)
-    except TimeoutException:
-        driver.save_screenshot(str(screenshot))
-        body = driver.find_element("tag name", "body").text[:2000]
-        pytest.fail(
-            f"{what} not shown within {UI_TIMEOUT_S:.0f} s at {driver.current_url}; screenshot {screenshot}\n{body}"
-        )
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)

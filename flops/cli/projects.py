@@ -50,6 +50,7 @@ def up_command() -> None:
     except (BrokerError, TrackingServerError, RuntimeError) as error:
         raise fail(str(error)) from error
     console.print(f"manager:     {state['manager_url']}")
+    console.print(f"dashboard:   {state['manager_url']}/ui (sign in with the admin token)")
     credentials = state.get("tracking_credentials_file")
     login = f" (user flops-admin, password in {credentials})" if credentials else ""
     console.print(f"MLflow UI:   {state['tracking_url']}{login}")
@@ -325,6 +326,7 @@ def demo_command(rounds: int = typer.Option(3, "--rounds"), learners: int = type
         }  # fmt: skip
         project_id = client.submit(sla)["project_id"]
         console.print(f"project [bold]{project_id}[/bold] submitted")
+        console.print(f"dashboard: {client.base_url}/ui/projects/{project_id}", markup=False, highlight=False)
         console.print(login_hint(client.tracking_login()), markup=False, highlight=False)
         code = watch(client, project_id)
     except ManagerError as error:
