@@ -104,8 +104,10 @@ def test_every_page_needs_a_session_and_goes_to_the_login_form(api: Api) -> None
         answer = browser.get(path)
         assert answer.status_code == 303, path
         assert answer.headers["Location"].startswith("/ui/login?next="), answer.headers["Location"]
-    fragment = browser.get(f"/ui/projects/{project_id}/live", headers={"HX-Request": "true"})
-    assert fragment.status_code == 401 and fragment.headers["HX-Redirect"].startswith("/ui/login")
+    page = f"http://localhost/ui/projects/{project_id}"
+    fragment = browser.get(f"/ui/projects/{project_id}/live", headers={"HX-Request": "true", "HX-Current-URL": page})
+    assert fragment.status_code == 401
+    assert fragment.headers["HX-Redirect"] == f"/ui/login?next=/ui/projects/{project_id}"
     assert browser.post(f"/ui/projects/{project_id}/cancel").status_code == 303
     assert api.store.get(project_id).desired == "running"  # type: ignore[union-attr]
 

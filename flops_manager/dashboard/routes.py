@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers.response import Response
@@ -60,8 +60,8 @@ def dashboard_blueprint(controller: Controller, tokens: TokenService, sessions: 
     def login_redirect(message: str | None = None) -> Response:
         """To the login page, back here after; a polling fragment tells htmx to move the whole page."""
         target = request.full_path.rstrip("?") if request.method == "GET" else url_for("dashboard.projects")
-        if request.headers.get("HX-Request"):
-            target = request.headers.get("HX-Current-URL", target)
+        if request.headers.get("HX-Request"):  # a fragment: back to the page it polls for
+            target = urlsplit(request.headers.get("HX-Current-URL", "")).path or target
         location = url_for("dashboard.login", next=target, reason=message)
         if request.headers.get("HX-Request"):
             response = make_response("", 401)
