@@ -37,12 +37,13 @@ from aggregator.environment import MLFLOW_TRACKING_URI_ENV, STATE_DIR_ENV, TRACK
 from flops.actors import learner_command
 from flops.app_bundle import build_app_dir
 from flops.flower_runtime import new_secret_file, superexec_command
+from flops.learner_records import flagged
 from flops.ml_repo.contract import ContractError, validate_repository
 from flops.net import free_port, is_loopback, port_open, wait_until
 from flops.pki import SuperNodeCredentials
 from flops.processes import ManagedProcess
-from flops.progress import read_summary
-from flops.training import TrainingSpec, TrainingSummary
+from flops.progress import PROGRESS_FILE, ProgressFollower, read_summary
+from flops.training import RoundReport, TrainingSpec, TrainingSummary
 
 CONNECTION = "flops"
 STATUS_CHECK_INTERVAL_S = 10.0
@@ -192,6 +193,18 @@ def superlink_gone(superlink: ManagedProcess) -> Callable[[], str | None]:
     return gone
 
 
+def round_lines(report: RoundReport) -> list[str]:
+    """What the aggregator's log says of a finished round: its figures and each flagged learner."""
+    figures = f"accuracy {report.accuracy:.4g}" if report.accuracy is not None else "no accuracy"
+    if report.loss is not None:
+        figures += f", loss {report.loss:.4g}"
+    lines = [f"round {report.round}: {figures}, {report.learners} learners, {report.duration_s:.1f} s"]
+    lines += [f"round {report.round}: outlier {learner}: {'; '.join(why)}" for learner, why in
+              flagged(report.per_learner).items()]  # fmt: skip
+    lines += [f"round {report.round}: failure: {failure}" for failure in report.failures]
+    return lines
+
+
 def follow(
     control: ControlAPI, run_id: int, state_dir: Path, gone: Callable[[], str | None], timeout: float
 ) -> TrainingSummary | str:
@@ -199,7 +212,12 @@ def follow(
     (`gone()`: why the SuperLink cannot finish the run any more, None while it can)."""
     deadline = time.monotonic() + timeout
     next_check = time.monotonic() + STATUS_CHECK_INTERVAL_S
+    progress = ProgressFollower(state_dir / PROGRESS_FILE)
     while time.monotonic() < deadline:
+        for event in progress.new_events():
+            if event.kind == "round" and event.round is not None:
+                for line in round_lines(event.round):
+                    print(f"flops-aggregator: {line}", flush=True)
         summary = read_summary(state_dir)
         if summary is not None:
             return summary

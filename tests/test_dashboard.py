@@ -239,7 +239,7 @@ def test_the_project_page_shows_the_timeline_learners_flags_and_charts(api: Api)
     assert 'data-learner="node-2"\n          data-flagged="true"' in html
     assert 'data-learner="node-1"\n          data-flagged="false"' in html
     assert "local_loss 2.3 (round median 0.3, score 9.1)" in html and "flagged in round 2" in html
-    assert f'data-project-url="/api/flops/projects/{project_id}"' in html
+    assert f'id="project-root" data-project-url="/api/flops/projects/{project_id}"' in html
     assert '<li class="step step-running" data-stage="training">' in html
     assert "round 2 of 3" in html and 'hx-trigger="every 2s"' in html
     assert '<option value="aggregator">aggregator</option>' in html  # the log viewer's components

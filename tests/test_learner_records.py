@@ -2,7 +2,9 @@
 
 import pytest
 
+from aggregator.main import round_lines
 from flops.learner_records import LearnerRound, flag_outliers, flagged, modified_z_scores
+from flops.training import RoundReport
 
 
 def rounds(**figures: list[float | None]) -> list[LearnerRound]:
@@ -69,3 +71,15 @@ def test_flops_watch_names_the_flagged_learner_under_its_round() -> None:
     text = console.export_text()
     assert "outlier node-3" in text and "local_loss 2.29 (round median 0.33" in text
     assert "node-1" not in text
+
+
+def test_the_aggregators_log_names_each_round_and_its_flagged_learner() -> None:
+    records = flag_outliers(
+        [LearnerRound(learner=f"node-{n}", local_loss=loss) for n, loss in enumerate([0.3, 0.31, 2.4, 0.29], 1)]
+    )
+    report = RoundReport(round=2, accuracy=0.95, loss=0.2, learners=4, duration_s=1.25, per_learner=records,
+                         failures=["node-5: MemoryError"])  # fmt: skip
+    lines = round_lines(report)
+    assert lines[0] == "round 2: accuracy 0.95, loss 0.2, 4 learners, 1.2 s"
+    assert lines[1].startswith("round 2: outlier node-3: local_loss 2.4 (round median") and len(lines) == 3
+    assert lines[2] == "round 2: failure: node-5: MemoryError"

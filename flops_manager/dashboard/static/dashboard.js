@@ -18,6 +18,11 @@
     });
   }
 
+  /* Rounds are whole numbers: ticks at 1, 2, 5, 10, ... rounds apart. */
+  function roundAxis() {
+    return { label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] };
+  }
+
   function chartWidth(element) { return Math.max(320, element.clientWidth || 640); }
 
   /* A uPlot chart that is made again when its series change, else given new data. */
@@ -46,7 +51,7 @@
     return {
       scales: { x: { time: false }, acc: { range: [0, 1] }, loss: {} },
       axes: [
-        { label: "round" },
+        roundAxis(),
         { scale: "acc", label: "accuracy" },
         { scale: "loss", label: "loss", side: 1, grid: { show: false } }
       ],
@@ -83,7 +88,7 @@
     (view.flagged || []).forEach(function (entry) { flaggedNames[entry.learner] = true; });
     var options = {
       scales: { x: { time: false } },
-      axes: [{ label: "round" }, { label: figure.replace(/_/g, " ") }],
+      axes: [roundAxis(), { label: figure.replace(/_/g, " ") }],
       series: [{ label: "round" }].concat(names.map(function (name, index) {
         return { label: flaggedNames[name] ? name + " (flagged)" : name, stroke: COLORS[index % COLORS.length],
                  width: flaggedNames[name] ? 3 : 1.5, points: { show: true } };
@@ -92,12 +97,30 @@
     return { names: names, rounds: rounds, data: data, options: options, flagged: Object.keys(flaggedNames).sort() };
   }
 
-  function startCharts() {
+  /* The component names of the log viewer's select, kept in step with the project's (the selection stays). */
+  function syncComponents(names) {
+    var select = document.getElementById("log-component");
+    if (!select || !names) { return; }
+    var current = Array.prototype.map.call(select.options, function (option) { return option.value; });
+    if (current.join("\n") === names.join("\n")) { return; }
+    var chosen = select.value;
+    select.textContent = "";
+    names.forEach(function (name) {
+      var option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      select.appendChild(option);
+    });
+    if (names.indexOf(chosen) >= 0) { select.value = chosen; }
+  }
+
+  function startProject() {
+    var root = document.getElementById("project-root");
+    if (!root) { return; }
     var roundElement = document.getElementById("round-chart");
-    if (!roundElement) { return; }
     var learnerElement = document.getElementById("learner-chart");
     var figureSelect = document.getElementById("learner-figure");
-    var rounds = new LiveChart(roundElement, 260);
+    var rounds = roundElement ? new LiveChart(roundElement, 260) : null;
     var learners = learnerElement ? new LiveChart(learnerElement, 260) : null;
     var lastView = null;
 
@@ -112,13 +135,15 @@
     }
 
     function update() {
-      var project = getJSON(roundElement.dataset.projectUrl);
+      var project = getJSON(root.dataset.projectUrl);
       var view = learnerElement ? getJSON(learnerElement.dataset.learnersUrl) : Promise.resolve(null);
       return Promise.all([project, view]).then(function (answers) {
-        var data = roundData(answers[0]);
-        rounds.show(roundOptions(), data, "rounds");
-        roundElement.dataset.rounds = String(data[0].length);
-        roundElement.dataset.status = answers[0].status;
+        syncComponents(answers[0].components);
+        if (rounds) {
+          var data = roundData(answers[0]);
+          rounds.show(roundOptions(), data, "rounds");
+          roundElement.dataset.rounds = String(data[0].length);
+        }
         if (answers[1] !== null) { lastView = answers[1]; drawLearners(); }
         return FINAL.indexOf(answers[0].status) >= 0;
       });
@@ -131,7 +156,10 @@
     }
 
     if (figureSelect) { figureSelect.addEventListener("change", drawLearners); }
-    window.addEventListener("resize", function () { rounds.resize(); if (learners) { learners.resize(); } });
+    window.addEventListener("resize", function () {
+      if (rounds) { rounds.resize(); }
+      if (learners) { learners.resize(); }
+    });
     loop();
   }
 
@@ -144,6 +172,7 @@
     function show(event) {
       if (event) { event.preventDefault(); }
       var component = form.elements.component.value;
+      if (!component) { summary.textContent = "no component has run yet"; return; }
       var tail = form.elements.tail.value || "200";
       var needle = form.elements.q.value.trim().toLowerCase();
       var url = form.dataset.logsUrl + "?component=" + encodeURIComponent(component) + "&tail=" + encodeURIComponent(tail);
@@ -165,7 +194,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    startCharts();
     startLogs();
+    startProject();
   });
 })();
