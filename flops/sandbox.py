@@ -39,19 +39,24 @@ Settings (read by `SandboxSettings.from_env`):
 """
 
 import glob
+import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, ConfigDict
 
 from flops.config import flops_home
+from flops.processes import stop_group
 from flops.runtime_env import actor_env
 
 log = logging.getLogger("flops.sandbox")
@@ -282,25 +287,30 @@ class Sandbox(BaseModel):
                 give_tree(path, self.settings.uid, self.settings.gid)
 
     @contextmanager
-    def launch(self, command: Sequence[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    def launch(self, command: Sequence[str], info_fd: int | None = None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
         """`wrap(command)` with the secrets opened: start the process inside, with `pass_fds`.
 
-        The files are closed when the block ends (bwrap has copied them by then).
+        The files are closed when the block ends (bwrap has copied them by then). `info_fd`: see `wrap`.
         """
         fds: dict[Path, int] = {}
         try:
             if self.settings.enabled:
                 for path in self.secrets:
                     fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            yield self.wrap(command, fds), tuple(fds.values())
+            extra = (info_fd,) if info_fd is not None and self.settings.enabled else ()
+            yield self.wrap(command, fds, info_fd), (*fds.values(), *extra)
         finally:
             for fd in fds.values():
                 os.close(fd)
 
-    def wrap(self, command: Sequence[str], secret_fds: Mapping[Path, int] | None = None) -> list[str]:
+    def wrap(
+        self, command: Sequence[str], secret_fds: Mapping[Path, int] | None = None, info_fd: int | None = None
+    ) -> list[str]:
         """The argv that runs `command` in this sandbox (`command` itself when the sandbox is off).
 
         `secret_fds`: each secret's open file (`launch` opens them); needed when there are secrets.
+        `info_fd`: bwrap writes `{"child-pid": N}` there (`read_sandbox_pid`), the pid of the sandbox's
+        first process, the init of its PID namespace, which runs in a session of its own.
         """
         command = list(command)
         settings = self.settings
@@ -312,6 +322,8 @@ class Sandbox(BaseModel):
             raise ValueError(f"start a sandbox with secrets through launch(): no open file for {', '.join(missing)}")
         args = [bwrap_path(), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         args.append("--new-session")
+        if info_fd is not None:
+            args += ["--info-fd", str(info_fd)]
         if self.die_with_parent:
             args.append("--die-with-parent")
         if not settings.privileged:
@@ -449,3 +461,41 @@ def platform_source() -> list[Path]:
 def runtime_paths() -> list[Path]:
     """What FLOps's own interpreter needs in a sandbox (see `python_paths`)."""
     return python_paths(sys.executable)
+
+
+def read_sandbox_pid(info_read_fd: int, timeout: float = 10.0) -> int | None:
+    """The sandbox's first process (its PID namespace's init) from bwrap's `--info-fd`, read from the pipe's
+    other end (the writing end closed in this process); None when bwrap wrote none in `timeout` s.
+
+    The init and what runs under it are in their own session: stopping the bwrap process that was
+    started leaves them running when bwrap is already dead (SIGKILLed, say). Killing the init kills
+    every process of the namespace (`stop_sandbox`).
+    """
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([info_read_fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(info_read_fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        try:
+            return int(json.loads(data)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def stop_sandbox(pid: int, started_at: float, grace: float = 5.0) -> None:
+    """Stop the sandbox whose namespace init is `pid` (see `read_sandbox_pid`), if it still runs: its
+    session is asked to end, and after `grace` s the init is killed, which ends the whole namespace.
+    A pid now held by a process that is no bwrap started near `started_at` is left alone."""
+    try:
+        process = psutil.Process(pid)
+        if Path(process.exe()).name != "bwrap" or process.create_time() < started_at - 60:
+            return
+    except (psutil.Error, OSError):
+        return
+    stop_group(pid, grace=grace)

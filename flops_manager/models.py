@@ -94,6 +94,7 @@ class ProcessHandle(BaseModel):
     address: str | None = None
     active: bool = True
     started_at: float = Field(default_factory=time.time)
+    sandbox_pid: int | None = None  # local backend: the sandbox's PID-namespace init (`flops.sandbox`)
 
 
 class EventRecord(BaseModel):

@@ -65,7 +65,7 @@ def project_view(project: Project, full: bool = False) -> dict[str, Any]:
             "inference_url": project.inference_url,
             "image_refs": project.image_refs,
             "components": sorted({h.name for h in project.deployment}),
-            "deployment": [h.model_dump(mode="json", exclude={"log_path"}) for h in project.deployment],
+            "deployment": [h.model_dump(mode="json", exclude={"log_path", "sandbox_pid"}) for h in project.deployment],
         }
     )  # fmt: skip
     return view

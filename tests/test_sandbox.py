@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from flops.config import ensure_private_home
@@ -387,6 +389,35 @@ def test_an_aggregator_writes_its_state_only_and_stops_with_its_group(victims: V
     started = time.monotonic()
     orchestrator.undeploy(handle)
     assert orchestrator.status(handle).finished and time.monotonic() - started < 10
+
+
+@ROOT_ONLY
+def test_a_sandbox_whose_bwrap_was_killed_is_still_stopped_whole(victims: Victims) -> None:
+    """bwrap's first process (its PID namespace's init) runs in a session of its own: SIGKILL of the
+    started group (a test's kill, the OOM killer) leaves what runs inside; undeploy still ends it."""
+    runs = victims.home / "projects"
+    orchestrator = LocalOrchestrator(runs, SandboxSettings.from_env({"FLOPS_HOME": str(victims.home)}))
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+    code += "print('started', flush=True); time.sleep(600)"
+    spec = ServiceSpec(project_id="attacker", name="learner-node-1", role="learner",
+                       command=[sys.executable, "-c", code])  # fmt: skip
+    handle = orchestrator.deploy(spec)
+    assert handle.sandbox_pid is not None and handle.sandbox_pid != int(handle.ref)
+    assert wait_until(lambda: "started" in orchestrator.logs(handle), 30), orchestrator.logs(handle)
+    inside = [handle.sandbox_pid, *(p.pid for p in psutil.Process(handle.sandbox_pid).children(recursive=True))]
+    assert len(inside) >= 3  # the namespace's init, the service, its child
+    os.killpg(int(handle.ref), signal.SIGKILL)
+    assert wait_until(lambda: orchestrator.status(handle).finished, 10)
+    assert all(psutil.pid_exists(pid) for pid in inside)  # left running by the kill
+    orchestrator.undeploy(handle)
+    assert wait_until(lambda: not any(alive(pid) for pid in inside), 10), [alive(pid) for pid in inside]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def test_no_bubblewrap_fails_the_deployment_naming_the_fix(

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from flops.processes import group_alive, stop_group
 from flops.runtime_env import process_env, without_manager_secrets
-from flops.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, python_paths
+from flops.sandbox import Sandbox, SandboxSettings, SandboxUnavailable, python_paths, read_sandbox_pid, stop_sandbox
 from flops_manager.models import ProcessHandle
 from flops_manager.orchestration.base import (
     Orchestrator,
@@ -107,9 +107,11 @@ class LocalOrchestrator(Orchestrator):
     def deploy(self, spec: ServiceSpec) -> ProcessHandle:
         log_path = self.log_path(spec)
         sandbox = self._sandbox(spec)
+        info_read, info_write = os.pipe() if sandbox is not None and sandbox.settings.enabled else (-1, -1)
+        info_fd = info_write if info_write >= 0 else None
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("ab") as log, _launch(sandbox, spec) as (command, env, fds):
+            with log_path.open("ab") as log, _launch(sandbox, spec, info_fd) as (command, env, fds):
                 child = subprocess.Popen(
                     command,
                     stdout=log,
@@ -120,12 +122,25 @@ class LocalOrchestrator(Orchestrator):
                     pass_fds=fds,
                 )
         except OSError as error:
+            if info_read >= 0:
+                os.close(info_read)
             kind = TransientOrchestratorError if error.errno in _TRANSIENT_ERRNOS else OrchestratorError
             raise kind(
                 f"cannot start {spec.name} ({spec.command[0] if spec.command else 'no command'}): {error}"
             ) from error
+        finally:
+            if info_write >= 0:
+                os.close(info_write)
+        sandbox_pid = None
+        if info_read >= 0:
+            try:
+                sandbox_pid = read_sandbox_pid(info_read)
+            finally:
+                os.close(info_read)
         self._children[child.pid] = child
-        return ProcessHandle(name=spec.name, backend=self.name, ref=str(child.pid), log_path=str(log_path))
+        return ProcessHandle(
+            name=spec.name, backend=self.name, ref=str(child.pid), log_path=str(log_path), sandbox_pid=sandbox_pid
+        )
 
     def status(self, handle: ProcessHandle) -> ServiceState:
         pid = int(handle.ref)
@@ -153,6 +168,8 @@ class LocalOrchestrator(Orchestrator):
         pid = int(handle.ref)
         try:
             stop_group(pid, grace=5.0)
+            if handle.sandbox_pid is not None:  # what ran inside, when bwrap itself was gone (SIGKILLed, say)
+                stop_sandbox(handle.sandbox_pid, handle.started_at, grace=5.0)
         except PermissionError as error:
             raise OrchestratorError(f"cannot stop {handle.name} (process group {pid}): {error}") from error
         child = self._children.pop(pid, None)
@@ -165,12 +182,15 @@ class LocalOrchestrator(Orchestrator):
 
 
 @contextmanager
-def _launch(sandbox: Sandbox | None, spec: ServiceSpec) -> Iterator[tuple[list[str], dict[str, str], tuple[int, ...]]]:
-    """argv, whole environment and files to pass: the sandbox's, or the builder's own (no manager secrets)."""
+def _launch(
+    sandbox: Sandbox | None, spec: ServiceSpec, info_fd: int | None
+) -> Iterator[tuple[list[str], dict[str, str], tuple[int, ...]]]:
+    """argv, whole environment and files to pass: the sandbox's (bwrap's info to `info_fd`), or the
+    builder's own (no manager secrets)."""
     if sandbox is None:
         yield spec.command, without_manager_secrets(process_env(spec.env)), ()
         return
-    with sandbox.launch(spec.command) as (argv, fds):
+    with sandbox.launch(spec.command, info_fd=info_fd) as (argv, fds):
         yield argv, sandbox.env, fds
 
 
