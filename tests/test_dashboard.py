@@ -262,6 +262,23 @@ def test_statistics_and_importances_are_drawn_as_bars(api: Api) -> None:
     assert 'id="cancel"' not in html
 
 
+def test_a_hierarchical_projects_page_shows_its_clusters_latest_cycle(api: Api) -> None:
+    def cluster(name: str, cycle: int, accuracy: float) -> dict[str, Any]:
+        return {"cluster": name, "cycle": cycle, "learners": [f"{name}-a", f"{name}-b"], "accuracy": accuracy,
+                "loss": 0.3, "duration_s": 4.0, "rounds": [{"round": 1}, {"round": 2}]}  # fmt: skip
+
+    cycles = [
+        {"round": n, "duration_s": 9.0, "clusters": [cluster("north", n, 0.8 + n / 100), cluster("south", n, 0.7)]}
+        for n in (1, 2)
+    ]
+    project_id = submit(api, "Admin", status="training", rounds=cycles)
+    browser = signed_in_client(api, ADMIN_TOKEN)
+    html = browser.get(f"/ui/projects/{project_id}/live").get_data(as_text=True)
+    assert "cycle 2" in html and 'data-cluster="north"' in html and 'data-cluster="south"' in html
+    north = html[html.index('data-cluster="north"') :]
+    assert "north-a, north-b" in north and "0.82" in north.split("</tr>")[0]
+
+
 # ------------------------------------------------------------------------------- the views
 def test_views_derive_stage_states_progress_and_learner_liveness(api: Api) -> None:
     fields = training_fields()
