@@ -37,7 +37,8 @@ from flops.learner_records import learners_view
 from flops.processes import stop_group
 from flops.runtime_env import process_env
 from flops.sla import Backend, DocumentError, Job, ProjectSLA, SLAError, load_document, parse_sla
-from flops_manager.auth import AuthError, Principal, TokenService, can_access
+from flops_manager.auth import AuthError, Principal, TokenService
+from flops_manager.auth import visible_project as project_of
 from flops_manager.bodies import MockDataConfiguration, MockRequest, TokenRequest
 from flops_manager.controller import Controller
 from flops_manager.dashboard.routes import dashboard_blueprint
@@ -143,9 +144,8 @@ def create_app(controller: Controller, tokens: TokenService) -> Flask:
             raise ApiError(403, "this call needs the admin token")
 
     def visible_project(project_id: str) -> Project:
-        project = store.get(project_id)
-        principal: Principal = g.principal
-        if project is None or not can_access(principal, project.customer_id):
+        project = project_of(store, g.principal, project_id)
+        if project is None:
             raise ApiError(404, f"no project {project_id}")
         return project
 

@@ -15,11 +15,14 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from flops_manager.store import ProjectStore
+
+if TYPE_CHECKING:
+    from flops_manager.models import Project
 
 TOKEN_PREFIX = "flops_"
 ADMIN_CUSTOMER_ID = "admin"
@@ -78,6 +81,12 @@ def new_token() -> str:
 def can_access(principal: Principal, project_customer_id: str) -> bool:
     """Admins see every project; a customer only its own."""
     return principal.is_admin or principal.customer_id == project_customer_id
+
+
+def visible_project(store: ProjectStore, principal: Principal, project_id: str) -> Project | None:
+    """The project if it exists and `principal` may see it; None reads the same for both (no oracle)."""
+    project = store.get(project_id)
+    return project if project is not None and can_access(principal, project.customer_id) else None
 
 
 def require_admin(principal: Principal) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers.response import Response
 
-from flops_manager.auth import AuthError, Principal, TokenService, can_access
+from flops_manager.auth import AuthError, Principal, TokenService, visible_project
 from flops_manager.controller import Controller
 from flops_manager.dashboard.sessions import (
     LOGIN_CSRF_COOKIE,
@@ -88,9 +88,8 @@ def dashboard_blueprint(controller: Controller, tokens: TokenService, sessions: 
         return wrapper  # type: ignore[return-value]
 
     def visible(project_id: str) -> Project:
-        principal: Principal = g.principal
-        project = store.get(project_id)
-        if project is None or not can_access(principal, project.customer_id):
+        project = visible_project(store, g.principal, project_id)
+        if project is None:
             abort(404, f"no project {project_id}")
         return project
 

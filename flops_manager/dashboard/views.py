@@ -237,9 +237,11 @@ class Bar(BaseModel):
     width_percent: float = Field(description="the bar's length relative to the largest bar")
 
 
-def bars(values: dict[str, float], limit: int = BAR_COUNT) -> list[Bar]:
-    """The largest `limit` values (by magnitude) as bars, largest first."""
-    ordered = sorted(values.items(), key=lambda item: abs(item[1]), reverse=True)[:limit]
+def bars(values: dict[str, float], limit: int | None = BAR_COUNT) -> list[Bar]:
+    """The largest `limit` values (by magnitude) as bars, largest first; all of them in their order when
+    `limit` is None (a histogram's bins)."""
+    items = list(values.items())
+    ordered = items if limit is None else sorted(items, key=lambda item: abs(item[1]), reverse=True)[:limit]
     largest = max((abs(value) for _, value in ordered), default=0.0) or 1.0
     return [
         Bar(label=label, value=value, text=figure(value), width_percent=round(100 * abs(value) / largest, 1))
@@ -274,8 +276,7 @@ def statistics_rows(project: Project) -> list[FeatureStatistics]:
                 for index, count in enumerate(feature.histogram.counts)
                 if index + 1 < len(edges)
             }
-            histogram = bars(labelled, limit=len(labelled))
-            histogram.sort(key=lambda bar: float(bar.label.split("..")[0]))
+            histogram = bars(labelled, limit=None)
         rows.append(
             FeatureStatistics(
                 feature=name, count=figure(feature.count, 6), mean=figure(feature.mean), stddev=figure(feature.stddev),
