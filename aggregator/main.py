@@ -39,7 +39,7 @@ from flops.app_bundle import build_app_dir
 from flops.flower_runtime import new_secret_file, superexec_command
 from flops.learner_records import flagged
 from flops.ml_repo.contract import ContractError, validate_repository
-from flops.net import free_port, is_loopback, port_open, wait_until
+from flops.net import free_port, is_loopback, wait_until
 from flops.pki import SuperNodeCredentials
 from flops.processes import ManagedProcess
 from flops.progress import PROGRESS_FILE, ProgressFollower, read_summary
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     outcome: TrainingSummary | str
     try:
-        if not wait_until(lambda: port_open(connect_host, port) or not superlink.running(), 60):
-            raise RuntimeError("SuperLink did not open its port within 60 s")
+        if not wait_until(lambda: superlink.listens_on(port) or not superlink.running(), 60):
+            raise RuntimeError(f"SuperLink did not open its port {port} within 60 s:\n{superlink.log_tail()}")
         if not superlink.running():
             raise RuntimeError(f"SuperLink failed to start:\n{superlink.log_tail()}")
         # The ServerApp's processes come from this SuperExec, with the SuperLink's environment.

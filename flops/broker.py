@@ -29,7 +29,7 @@ from typing import Literal, get_args
 from packaging.requirements import Requirement
 
 from flops.mqtt_acl import MANAGER_USER, with_manager
-from flops.net import port_open, wait_until
+from flops.net import wait_until
 from flops.processes import ManagedProcess
 
 MQTT_USER = MANAGER_USER
@@ -244,7 +244,7 @@ def launch_broker(directory: Path, port: int, kind: BrokerKind = "auto") -> Runn
         description = f"embedded amqtt {detail} broker ({reason})"
     name = "Mosquitto" if chosen == "mosquitto" else "the embedded MQTT broker"
     process = ManagedProcess("broker", command, directory / "broker.log")
-    started = wait_until(lambda: port_open("127.0.0.1", port) or not process.running(), 30, 0.1)
+    started = wait_until(lambda: process.listens_on(port) or not process.running(), 30, 0.1)
     if not started or not process.running():
         process.stop()
         raise BrokerError(f"{name} did not start on 127.0.0.1:{port}:\n{process.log_tail()}")

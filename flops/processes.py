@@ -59,6 +59,25 @@ class ManagedProcess:
     def wait(self, timeout: float | None = None) -> int:
         return self.popen.wait(timeout=timeout)
 
+    def listens_on(self, port: int) -> bool:
+        """Whether this process or one of its descendants listens on TCP `port`.
+
+        Not merely whether the port is open: another process may have taken it, and then this
+        one fails to bind while a connect to the port succeeds.
+        """
+        try:
+            processes = [psutil.Process(self.pid), *descendants(self.pid)]
+        except psutil.NoSuchProcess:
+            return False
+        for process in processes:
+            try:
+                sockets = process.net_connections(kind="tcp")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == port for s in sockets):
+                return True
+        return False
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")

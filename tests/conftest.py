@@ -1,11 +1,12 @@
 """Shared fixtures: real servers on loopback with free ports, stopped after use."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -52,6 +53,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             else:
                 os.environ[name] = value
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def module_tmp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Path]]:
+    """`tmp_path_factory.mktemp` for a module's fixtures: the folders go when the module ends with no test failed.
+
+    A module's homes hold its built environments (about 1 GB each) and container storage;
+    kept to the end of the run, they filled a CI machine's disk. A failed module's stay for
+    reading (as `tmp_path_retention_policy = "failed"` keeps a failed test's `tmp_path`).
+    """
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

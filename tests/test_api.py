@@ -7,7 +7,7 @@ The dry runs start the real image builder in check-only mode, on real git reposi
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,8 @@ def make_settings(home: Path) -> ManagerSettings:
 
 
 @pytest.fixture(scope="module")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+def digits_repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "digits-sklearn")
 
 
 def open_api(home: Path) -> tuple[Api, ProjectStore]:
@@ -76,10 +76,10 @@ def open_api(home: Path) -> tuple[Api, ProjectStore]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(module_tmp: Callable[[str], Path]) -> Iterator[Api]:
     """One manager home with digits on node-1 and node-2 (made through the mocks endpoint), shared
     with every customer (tests/test_tenancy.py has tags of one customer's)."""
-    instance, store = open_api(tmp_path_factory.mktemp("manager-home"))
+    instance, store = open_api(module_tmp("manager-home"))
     try:
         config = {"dataset_name": "digits", "number_of_partitions": 2, "data_tag": "digits", "shared": True}
         body = {"mock_data_configuration": config}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ UNREACHABLE = "https://flops-test-repository.invalid/user/model.git"
 
 
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
-    home = tmp_path_factory.mktemp("hardened-home")
+def manager(module_tmp: Callable[[str], Path]) -> Iterator[Manager]:
+    home = module_tmp("hardened-home")
     instance = Manager(home, "http://127.0.0.1:1", extra_env={
         "FLOPS_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S), "FLOPS_API_CLEANUP_INTERVAL": "1",
         "FLOPS_API_SLOW_WORKERS": "1", "FLOPS_DRY_RUN_TIMEOUT": "6", "FLOPS_REPO_SCHEMES": "https,http",

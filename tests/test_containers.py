@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, report: dict[str, Any]) -> Iterator[ContainerWorld]:
+def world(module_tmp: Callable[[str], Path], report: dict[str, Any]) -> Iterator[ContainerWorld]:
     if sys.platform != "linux":
         pytest.skip("containers need Linux")
     problem = install_packages(missing_tools(PACKAGES))
     if problem:
         pytest.skip(problem)
     clock = Stopwatch()
-    world = ContainerWorld.start(tmp_path_factory.mktemp("containers"))
+    world = ContainerWorld.start(module_tmp("containers"))
     try:
         world.import_base_image()
         report["storage_driver"] = world.driver
@@ -77,14 +77,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, report: dict[str, Any]) -> I
 
 
 @pytest.fixture(scope="module")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+def digits_repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "digits-sklearn")
 
 
 @pytest.fixture(scope="module")
-def manager(world: ContainerWorld, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
+def manager(world: ContainerWorld, mlflow_server: str, module_tmp: Callable[[str], Path]) -> Iterator[Manager]:
     """A manager whose docker backend is Podman's API and whose images go to the loopback registry."""
-    home = tmp_path_factory.mktemp("manager-home")
+    home = module_tmp("manager-home")
     instance = Manager(home, mlflow_server, extra_env={
         "DOCKER_HOST": world.socket, "FLOPS_REGISTRY": world.registry, "FLOPS_REGISTRY_TLS_VERIFY": "0",
         "FLOPS_BASE_IMAGE": BASE_IMAGE,
@@ -395,7 +395,7 @@ def _connects(mqtt: Any, port: int, user: str | None, password: str | None) -> b
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(not os.environ.get("FLOPS_TEST_ARM64"), reason="set FLOPS_TEST_ARM64=1: emulated arm64 is slow")
 def test_multi_arch_manifest_with_emulated_arm64(
-    world: ContainerWorld, digits_repo: Path, tmp_path_factory: pytest.TempPathFactory, report: dict[str, Any]
+    world: ContainerWorld, digits_repo: Path, module_tmp: Callable[[str], Path], report: dict[str, Any]
 ) -> None:
     problem = enable_arm64_emulation()
     if problem:
@@ -404,7 +404,7 @@ def test_multi_arch_manifest_with_emulated_arm64(
     world.import_base_image("arm64", f"{BASE_IMAGE}-arm64")
     world.run("podman", "tag", BASE_IMAGE, f"{BASE_IMAGE}-amd64")
     report["arm64_base_image_s"] = clock.elapsed
-    cache = tmp_path_factory.mktemp("builder-cache-arm64")
+    cache = module_tmp("builder-cache-arm64")
     result, _output, elapsed = run_builder(
         world, digits_repo, cache, "--platforms", "linux/amd64,linux/arm64", "--base-image", f"{BASE_IMAGE}-{{arch}}"
     )

@@ -9,7 +9,7 @@ page nor its JSON, cancel needs the session's CSRF token, and every page carries
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ FLAG = {"figure": "local_loss", "value": 2.3, "median": 0.3, "score": 9.1}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    instance, store = open_api(tmp_path_factory.mktemp("dashboard-home"))
+def api(module_tmp: Callable[[str], Path]) -> Iterator[Api]:
+    instance, store = open_api(module_tmp("dashboard-home"))
     try:
         yield instance
     finally:

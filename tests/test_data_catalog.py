@@ -2,6 +2,7 @@
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -21,9 +22,9 @@ SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
-def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hf_home(module_tmp: Callable[[str], Path]) -> Path:
     """A Hugging Face home whose hub cache holds 'ylecun/mnist' (FLOps's `mnist`), made of digits."""
-    home = tmp_path_factory.mktemp("hf-home")
+    home = module_tmp("hf-home")
     repo = home / "hub" / "datasets--ylecun--mnist"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(SNAPSHOT)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -313,9 +314,9 @@ def wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ())
 
 
 @pytest.fixture(scope="module")
-def wheel_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel_index(module_tmp: Callable[[str], Path]) -> Path:
     """platform-core needs shared-dep>=2; user-lib 1.0 needs shared-dep<2, user-lib 2.0 does not; other is free."""
-    folder = tmp_path_factory.mktemp("wheels")
+    folder = module_tmp("wheels")
     wheel(folder, "platform-core", "1.0", ("shared-dep>=2",))
     for version in ("1.0", "2.0", "3.0"):
         wheel(folder, "shared-dep", version)

@@ -9,7 +9,7 @@ the number of training examples).
 import importlib
 import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -57,16 +57,16 @@ def torch_one_thread() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def digits_nodes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("digits")
+def digits_nodes(module_tmp: Callable[[str], Path]) -> list[Path]:
+    out = module_tmp("digits")
     partition("digits", 2, "digits", out, scheme=Scheme.IID)
     return [out / node_name(i) for i in (1, 2)]
 
 
 @pytest.fixture(scope="module")
-def hospital_nodes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def hospital_nodes(module_tmp: Callable[[str], Path]) -> list[Path]:
     # The README's scenario: three hospitals, skewed diagnoses and unequal sizes.
-    out = tmp_path_factory.mktemp("hospitals")
+    out = module_tmp("hospitals")
     partition("breast_cancer", 3, "hospitals", out, scheme=Scheme.DIRICHLET, alpha=0.5)
     return [out / node_name(i) for i in (1, 2, 3)]
 

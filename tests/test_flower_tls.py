@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -359,8 +359,8 @@ def attack(training: Training) -> None:
 
 
 @pytest.fixture(scope="module")
-def training(digits_nodes: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Training]:
-    root = tmp_path_factory.mktemp("tls-training")
+def training(digits_nodes: Path, module_tmp: Callable[[str], Path]) -> Iterator[Training]:
+    root = module_tmp("tls-training")
     spec = TrainingSpec(
         project_id="tls-attacks", model_name="tls-attacks", rounds=1, data_tags=["digits"],
         min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2, learner_wait_timeout=120,

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +28,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")
 
 
 @pytest.fixture(scope="module")
-def flops_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("hfl-home") / "flops-home"
+def flops_home(module_tmp: Callable[[str], Path]) -> Iterator[Path]:
+    home = module_tmp("hfl-home") / "flops-home"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOPS_HOME", str(home))
         yield home
 
 
 @pytest.fixture(scope="module")
-def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cluster_nodes(module_tmp: Callable[[str], Path]) -> Path:
     """digits over node-1..node-4 under tag `digits`; node-1, node-2 in cluster-1, node-3, node-4 in cluster-2."""
-    out = tmp_path_factory.mktemp("hfl-data")
+    out = module_tmp("hfl-data")
     partition("digits", 4, "digits", out, clusters=2)
     return out
 

@@ -7,7 +7,7 @@ Oakestra the same nodes are placed in the stand-in's clusters `munich` and `garc
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,14 @@ OAKESTRA_CLUSTERS = {"munich": ["node-1", "node-2"], "garching": ["node-3", "nod
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OakestraStandin]:
+def standin(module_tmp: Callable[[str], Path]) -> Iterator[OakestraStandin]:
     clusters = [
         {"_id": {"$oid": f"{index + 1:024x}"}, "cluster_name": name, "cluster_location": "48.1,11.6,1000",
          "active": True, "memory_in_mb": 16000, "total_cpu_cores": 16}
         for index, name in enumerate([*OAKESTRA_CLUSTERS, "berlin"])
     ]  # fmt: skip
     clusters[-1]["active"] = False
-    server = OakestraStandin(run_locally=True, work_dir=tmp_path_factory.mktemp("standin"), clusters=clusters)
+    server = OakestraStandin(run_locally=True, work_dir=module_tmp("standin"), clusters=clusters)
     server.start()
     try:
         yield server
@@ -40,10 +40,8 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OakestraStandi
 
 
 @pytest.fixture(scope="module")
-def manager(
-    mlflow_server: str, standin: OakestraStandin, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Manager]:
-    home = tmp_path_factory.mktemp("hfl-manager-home")
+def manager(mlflow_server: str, standin: OakestraStandin, module_tmp: Callable[[str], Path]) -> Iterator[Manager]:
+    home = module_tmp("hfl-manager-home")
     secret = home / "oakestra-password"
     secret.write_text("stand-in-secret")
     placement = {node: cluster for cluster, nodes in OAKESTRA_CLUSTERS.items() for node in nodes}
@@ -67,8 +65,8 @@ def manager(
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("hfl-repos") / "digits-sklearn")
+def repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("hfl-repos") / "digits-sklearn")
 
 
 def hierarchical_sla(repo: Path, **extra: Any) -> dict[str, Any]:

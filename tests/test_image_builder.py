@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -499,9 +500,9 @@ def test_settings_are_read_from_the_environment_once(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def digits_build(module_tmp: Callable[[str], Path]) -> dict[str, Any]:
     """Two builders started together on a fresh cache for a git copy of digits-sklearn."""
-    base = tmp_path_factory.mktemp("builder")
+    base = module_tmp("builder")
     repo = git_repo(base / "digits", source=EXAMPLES / "digits-sklearn")
     cache = base / "cache"
     started = time.monotonic()

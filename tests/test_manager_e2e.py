@@ -6,7 +6,7 @@ Only what needs the running lifecycle is here; what the API refuses is in tests/
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def manager(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
-    home = tmp_path_factory.mktemp("manager-home")
+def manager(mlflow_server: str, module_tmp: Callable[[str], Path]) -> Iterator[Manager]:
+    home = module_tmp("manager-home")
     instance = Manager(home, mlflow_server)
     try:
         instance.add_mock_nodes("Admin")
@@ -33,8 +33,8 @@ def manager(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="module")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+def digits_repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "digits-sklearn")
 
 
 def test_project_completes_and_second_submit_reuses_the_build(manager: Manager, digits_repo: Path) -> None:

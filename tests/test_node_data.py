@@ -1,5 +1,6 @@
 """Node-local data: loading by tag, clear errors, and FLOps's import paths."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,8 @@ def test_unknown_source_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def digits_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("digits-nodes")
+def digits_node(module_tmp: Callable[[str], Path]) -> Path:
+    out = module_tmp("digits-nodes")
     partition("digits", 1, "digits", out)
     return out / "node-1"
 

@@ -1,6 +1,6 @@
 """An FL project through the Oakestra API: the manager, the backend, and the stand-in running services."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OakestraStandin]:
-    server = OakestraStandin(run_locally=True, work_dir=tmp_path_factory.mktemp("standin"))
+def standin(module_tmp: Callable[[str], Path]) -> Iterator[OakestraStandin]:
+    server = OakestraStandin(run_locally=True, work_dir=module_tmp("standin"))
     server.start()
     try:
         yield server
@@ -24,9 +24,9 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OakestraStandi
 
 @pytest.fixture(scope="module")
 def oakestra_manager(
-    mlflow_server: str, standin: OakestraStandin, tmp_path_factory: pytest.TempPathFactory
+    mlflow_server: str, standin: OakestraStandin, module_tmp: Callable[[str], Path]
 ) -> Iterator[Manager]:
-    home = tmp_path_factory.mktemp("oakestra-home")
+    home = module_tmp("oakestra-home")
     secret = home / "oakestra-password"
     secret.write_text("stand-in-secret")
     extra = {

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -590,9 +590,9 @@ def test_containers_never_run_as_root_and_write_only_tmpfs() -> None:
 
 
 @pytest.fixture(scope="module")
-def attacked(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def attacked(mlflow_server: str, module_tmp: Callable[[str], Path]) -> Iterator[dict[str, Any]]:
     """A hostile repository trained through a real manager: its model_manager.py attacks on import."""
-    home = tmp_path_factory.mktemp("attacked-home")
+    home = module_tmp("attacked-home")
     canary = "canary-" + secrets.token_hex(8)
     manager = Manager(home, mlflow_server, extra_env={"FLOPS_TEST_CANARY": canary})
     try:
@@ -603,7 +603,7 @@ def attacked(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         other_tag = home / "nodes" / "node-1" / "bobs-tag"
         write(other_tag / "part-0.parquet", victim_log, 0o644)
         other_tag.chmod(0o755)
-        repo = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "hostile")
+        repo = make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "hostile")
         targets = {**targets_in(home), "own node": str(home / "nodes" / "node-1"), "another tag": str(other_tag)}
         code = attack_code(targets, [manager.process.pid if manager.process else 1], [str(home / "pwned")])
         source = (repo / "model_manager.py").read_text()

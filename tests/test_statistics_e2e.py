@@ -6,6 +6,7 @@ files itself and checks the job's figures against them.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ FEATURES = ["mean_radius", "mean_texture", "worst_area"]
 
 
 @pytest.fixture(scope="module")
-def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hospitals")
+def hospitals(module_tmp: Callable[[str], Path]) -> Path:
+    out = module_tmp("hospitals")
     partition("breast_cancer", 3, "hospitals", out, scheme="dirichlet", alpha=0.5)  # type: ignore[arg-type]
     return out
 

@@ -6,7 +6,7 @@ runs start the real image builder. No reconcile loop runs, so nothing trains her
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,8 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+def digits_repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "digits-sklearn")
 
 
 REMOTE = "https://git.example.invalid/alice/model.git"

@@ -9,7 +9,7 @@ checks (a real training while MLflow is killed) are in tests/test_tracking_outag
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def observatory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observatory]:
-    instance = Observatory(tmp_path_factory.mktemp("auth-observatory"))
+def observatory(module_tmp: Callable[[str], Path]) -> Iterator[Observatory]:
+    instance = Observatory(module_tmp("auth-observatory"))
     try:
         yield instance
     finally:
@@ -55,8 +55,8 @@ def observatory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observator
 
 
 @pytest.fixture(scope="module")
-def settings(observatory: Observatory, tmp_path_factory: pytest.TempPathFactory) -> ManagerSettings:
-    home = tmp_path_factory.mktemp("manager-home")
+def settings(observatory: Observatory, module_tmp: Callable[[str], Path]) -> ManagerSettings:
+    home = module_tmp("manager-home")
     return ManagerSettings(
         home=home,
         mqtt=MqttSettings(host="127.0.0.1", port=1),

@@ -7,7 +7,7 @@ left dead, it fails with the reason within a stated bound. Never stuck in `train
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ FAILURE_BOUND_S = OUTAGE_LIMIT_S + 45.0
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Manager, Observatory]]:
-    observatory = Observatory(tmp_path_factory.mktemp("outage-observatory"))
-    home = tmp_path_factory.mktemp("outage-manager")
+def world(module_tmp: Callable[[str], Path]) -> Iterator[tuple[Manager, Observatory]]:
+    observatory = Observatory(module_tmp("outage-observatory"))
+    home = module_tmp("outage-manager")
     extra = {
         "FLOPS_TRACKING_CREDENTIALS_FILE": str(observatory.admin_file),
         "FLOPS_TRACKING_OUTAGE_LIMIT": str(OUTAGE_LIMIT_S),
@@ -48,8 +48,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Manager, O
 
 
 @pytest.fixture(scope="module")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_git_repo(EXAMPLES / "digits-sklearn", tmp_path_factory.mktemp("repos") / "digits-sklearn")
+def digits_repo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_git_repo(EXAMPLES / "digits-sklearn", module_tmp("repos") / "digits-sklearn")
 
 
 def train_and_kill_mlflow(manager: Manager, observatory: Observatory, repo: Path) -> tuple[str, float]:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")
 
 
 @pytest.fixture(scope="module")
-def flops_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def flops_home(module_tmp: Callable[[str], Path]) -> Iterator[Path]:
     """One FLOPS_HOME for the module: `flops train` builds environments there, and reuses them."""
-    home = tmp_path_factory.mktemp("train-home") / "flops-home"
+    home = module_tmp("train-home") / "flops-home"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLOPS_HOME", str(home))
         yield home
