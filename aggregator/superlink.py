@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from aggregator.node_takeover import install as install_node_takeover
 from flops.flower_polling import install as install_flower_hooks
 
 CONTROL_TOKEN_HEADER = "x-flops-control-token"
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     token_file, flower_arguments = split_arguments(sys.argv[1:] if argv is None else argv)
     install_guard(read_token(token_file))
     install_flower_hooks("superlink")  # patience with a loaded machine's ServerApp and SuperNodes
+    install_node_takeover()  # a learner the manager restarted joins at once, under its node
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_arguments]

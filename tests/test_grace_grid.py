@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from aggregator.grace_grid import GraceGrid
+from aggregator.grace_grid import MAX_RESENDS, GraceGrid
 from aggregator.server_app import TrainingSession
 from flops.progress import ProgressLog
 from flops.training import TrainingSpec
@@ -38,13 +38,20 @@ class ScriptedGrid(Grid):
         failing: frozenset[int] = frozenset(),
         names: dict[int, str] | None = None,
         unavailable: frozenset[int] = frozenset(),
+        lost: dict[int, int] | None = None,
+        offline_s: dict[int, float] | None = None,
     ) -> None:
         """`names`: the nodes' registered names; `unavailable`: nodes for which the SuperLink itself
-        answers with an error (as for a node whose heartbeats stopped)."""
+        answers with an error (as for a node whose heartbeats stopped); `lost`: how many of a node's
+        messages the SuperLink answers with "message unavailable" (taken over by a restarted
+        SuperNode); `offline_s`: how long after the grid was made a node is not among the online ones."""
         self.reply_after = reply_after
         self.failing = failing
         self.names = names or {}
         self.unavailable = unavailable
+        self.lost = dict(lost or {})
+        self.offline_until = {node: time.monotonic() + s for node, s in (offline_s or {}).items()}
+        self.sent_to: list[int] = []
         self.pushes = 0
         self.closed = False
         self._pushed_at = 0.0
@@ -63,7 +70,8 @@ class ScriptedGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.reply_after)
+        now = time.monotonic()
+        return [node for node in self.reply_after if self.offline_until.get(node, 0.0) <= now]
 
     def get_nodes(self) -> Iterable[NodeInfo]:
         return [NodeInfo(node_id=node, name=self.names.get(node, "")) for node in self.reply_after]
@@ -75,6 +83,7 @@ class ScriptedGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = message.object_id
             self._waiting[message.metadata.message_id] = message
+            self.sent_to.append(message.metadata.dst_node_id)
             ids.append(message.metadata.message_id)
         return ids
 
@@ -89,8 +98,10 @@ class ScriptedGrid(Grid):
             if delay is not NEVER and elapsed >= delay:
                 del self._waiting[message_id]
                 node = message.metadata.dst_node_id
-                if node in self.unavailable:
-                    reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+                if node in self.unavailable or self.lost.get(node, 0) > 0:
+                    code, reason = (5, "Error: Node Unavailable") if node in self.unavailable else (3, "unavailable")
+                    self.lost[node] = self.lost.get(node, 0) - 1
+                    reply = Message(Error(code=code, reason=reason), reply_to=message)
                     reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
                     replies.append(reply)
                     continue
@@ -105,8 +116,10 @@ class ScriptedGrid(Grid):
         self.closed = True
 
 
-def train_messages(grid: Grid) -> list[Message]:
-    return [Message(RecordDict(), node_id, "train") for node_id in grid.get_node_ids()]
+def train_messages(grid: Grid | ScriptedGrid) -> list[Message]:
+    """A message for each node online now, or for each node of a ScriptedGrid."""
+    nodes = grid.reply_after if isinstance(grid, ScriptedGrid) else grid.get_node_ids()
+    return [Message(RecordDict(), node_id, "train") for node_id in nodes]
 
 
 def phase(grid: GraceGrid, timeout: float = 10.0) -> tuple[list[int], float]:
@@ -224,3 +237,63 @@ def test_failures_stragglers_and_participants_are_named_by_the_nodes_registered_
     with pytest.raises(Exception, match="round 2 training: 1 of the required 2 learners succeeded: cluster-2: boom"):
         grid.expect_replies(2)
         session.accept_replies(2, list(grid.send_and_receive(train_messages(grid), timeout=0.3)), 2, "training")
+
+
+def test_a_message_lost_with_its_learner_is_sent_again_once_the_learner_is_back() -> None:
+    inner = ScriptedGrid({1: 0.0, 2: 0.0}, lost={2: 1}, offline_s={2: 0.3})
+    grid = GraceGrid(inner, grace_s=0.0)
+    grid.expect_replies(2)
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(train_messages(inner), timeout=10.0))
+    took = time.monotonic() - started
+    assert sorted(reply.metadata.src_node_id for reply in replies) == [1, 2]
+    assert not any(reply.has_error() for reply in replies)
+    assert inner.sent_to.count(2) == 2 and inner.sent_to.count(1) == 1
+    assert grid.stragglers == []
+    assert 0.3 <= took < 5.0  # it waited for node 2 to be online again, not for the timeout
+
+
+def test_a_learner_that_does_not_come_back_leaves_its_error_when_the_phase_closes() -> None:
+    inner = ScriptedGrid({1: 0.0, 2: 0.0}, lost={2: 1}, offline_s={2: 60.0})
+    grid = GraceGrid(inner, grace_s=0.0)
+    grid.expect_replies(2)
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(train_messages(inner), timeout=0.5))
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert sorted(grid.destination(reply) or 0 for reply in replies) == [1, 2]
+    [error] = [reply for reply in replies if reply.has_error()]
+    assert grid.destination(error) == 2 and error.error.reason == "unavailable"
+    assert inner.sent_to.count(2) == 1 and grid.stragglers == []
+
+
+def test_a_learners_own_failure_and_a_node_gone_for_good_are_not_sent_again_endlessly() -> None:
+    inner = ScriptedGrid({1: 0.0, 2: 0.0, 3: 0.0}, failing=frozenset({1}), lost={2: 99})
+    grid = GraceGrid(inner, grace_s=0.0)
+    grid.expect_replies(3)
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(train_messages(grid), timeout=5.0))
+    assert time.monotonic() - started < 3.0  # every message answered for good: no wait for the timeout
+    assert inner.sent_to.count(1) == 1  # its ClientApp failed: sending it again would fail again
+    assert inner.sent_to.count(2) == 1 + MAX_RESENDS
+    assert sorted(grid.destination(reply) or 0 for reply in replies) == [1, 2, 3]
+    assert [r.metadata.src_node_id for r in replies if not r.has_error()] == [3]
+
+
+def test_an_unanswered_resend_keeps_the_error_not_a_straggler() -> None:
+    inner = ScriptedGrid({1: 0.0, 2: 0.0}, lost={2: 1})
+    inner.reply_after[2] = 0.0
+    grid = GraceGrid(inner, grace_s=0.0)
+    grid.expect_replies(2)
+    inner_pull = inner.pull_messages
+
+    def slow_after_the_loss(message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(inner_pull(message_ids))
+        if inner.lost.get(2, 0) <= 0:
+            inner.reply_after[2] = NEVER  # the resent message is never answered
+        return replies
+
+    inner.pull_messages = slow_after_the_loss  # type: ignore[method-assign]
+    replies = list(grid.send_and_receive(train_messages(grid), timeout=0.4))
+    assert inner.sent_to.count(2) == 2
+    assert [grid.destination(r) for r in replies if r.has_error()] == [2]
+    assert grid.stragglers == []

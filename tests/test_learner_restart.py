@@ -7,6 +7,7 @@ end-to-end test SIGKILLs a real learner's process group mid-training under a rea
 """
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flops.broker import RunningBroker, launch_broker
-from flops.net import free_port
+from flops.net import free_port, wait_until
 from flops.training import TrainingSummary
 from flops_manager.models import ProjectStatus
 from flops_manager.stages.restarts import MAX_LEARNER_RESTARTS, spec_path
@@ -135,37 +136,60 @@ def test_a_restarted_learner_gets_a_new_mqtt_user_and_the_old_password_is_dead(
 
 
 # ------------------------------------------------------------------------------ end to end
+SLOW_FIT = """
+    def fit_model(self, config: dict | None = None) -> int:
+        print("flops-test: fitting", flush=True)  # the learner holds its round's message now
+        time.sleep(4)
+        return self._fit_model(config)
+"""
+
+
+def slow_digits(target: Path) -> Path:
+    """digits-sklearn whose local training says so in the learner's log and takes 4 s more."""
+    source = target.parent / "slow-digits-source"
+    shutil.copytree(EXAMPLES / "digits-sklearn", source, ignore=shutil.ignore_patterns(".flops", "__pycache__"))
+    model = source / "model_manager.py"
+    code = model.read_text(encoding="utf-8").replace("import warnings\n", "import time\nimport warnings\n", 1)
+    code = code.replace("    def fit_model(self,", "    def _fit_model(self,", 1)
+    model.write_text(code.replace("    def evaluate_model(", SLOW_FIT.lstrip("\n") + "\n    def evaluate_model(", 1))
+    return make_git_repo(source, target)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_leftover_processes")
-@pytest.mark.skip(
-    reason="known bug (issue note of stop 26): the SIGKILL used to leave the sandboxed SuperNode running, so this "
-    "passed without a learner dying; now that it dies, the restarted SuperNode is admitted under the same node id "
-    "only after the old one's heartbeat expires (about 2 min), and the message the old one had pulled is never "
-    "answered, so the round waits for round_timeout"
-)
 def test_a_killed_learner_is_restarted_and_the_project_completes(mlflow_server: str, tmp_path: Path) -> None:
-    """SIGKILL one of 2 required learners' process group in round 1: the manager starts it again,
-    the new SuperNode joins within the grace period, and every round completes."""
+    """SIGKILL one of 2 required learners' process group (its sandbox with it) while its ClientApp
+    trains round 1: the manager starts it again, the new SuperNode takes its node over at once, the
+    message the dead one had pulled is sent to it again, and every round completes with both learners."""
     manager = Manager(tmp_path / "home", mlflow_server)
     try:
         manager.add_mock_nodes("Admin")
-        repo = make_git_repo(EXAMPLES / "digits-sklearn", tmp_path / "repos" / "digits-sklearn")
+        repo = slow_digits(tmp_path / "repos" / "digits-sklearn")
         answer = manager.call("POST", "/api/flops/projects", json=sla(repo, rounds=3, learner_wait_timeout=240))
         assert answer.status_code == 200, answer.text
         project_id = answer.json()["project_id"]
         running = manager.wait_for(project_id, ("training", *FINAL), timeout=900)  # the build: minutes when busy
         assert running["status"] == "training", (running["error"], manager.log())
         [victim] = [h for h in running["deployment"] if h["name"] == "learner-node-1" and h["active"]]
+
+        def fitting() -> bool:
+            logs = manager.call("GET", f"/api/flops/projects/{project_id}/logs?component=learner-node-1").json()
+            return "flops-test: fitting" in logs.get("learner-node-1", "")
+
+        assert wait_until(fitting, 300, 0.2), manager.log()
         killed_at = time.monotonic()
         os.killpg(int(victim["ref"]), signal.SIGKILL)
         project = manager.wait_for(project_id, FINAL, timeout=400)
         took = time.monotonic() - killed_at
         assert project["status"] == "completed", (project["error"], manager.log())
         assert [r["round"] for r in project["rounds"]] == [1, 2, 3]
+        assert [r["learners"] for r in project["rounds"]] == [2, 2, 2], project["rounds"]
         handles = [h for h in project["deployment"] if h["name"] == "learner-node-1"]
         assert len(handles) == 2 and handles[1]["ref"] != victim["ref"]
         events = manager.call("GET", f"/api/flops/projects/{project_id}/events").json()
         assert [e["event"] for e in events if e["component"] == "learner-node-1"] == ["restarted-1"], events
-        print(f"learner killed -> project completed: {took:.0f} s")
+        superlink = (manager.home / "projects" / project_id / "aggregator" / "superlink.log").read_text("utf-8")
+        assert "taken over by the new instance; 1 unanswered message(s) dropped" in superlink
+        print(f"learner killed while training -> project completed: {took:.0f} s")
     finally:
         manager.stop()

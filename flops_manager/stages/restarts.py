@@ -7,8 +7,9 @@ FAILED, EXITED or is GONE is removed and deployed again from that spec, with a n
 (new password); each restart is a note in the project's events. After
 `MAX_LEARNER_RESTARTS` restarts of one learner the project fails with the learner's log tail.
 
-The new SuperNode joins the running SuperLink as a new node; the aggregator waits for it
-within the round's grace period (`learner_wait_timeout`).
+The new SuperNode has the dead one's key: it takes its node over at once
+(`aggregator.node_takeover`), and the message the dead one had pulled is sent to it again
+(`aggregator.grace_grid`), so the round goes on with both.
 """
 
 import logging
