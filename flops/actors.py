@@ -24,7 +24,7 @@ AGGREGATOR_MODULE = "aggregator.main"
 LEARNER_MODULE = "learner.main"
 BUILDER_MODULE = "image_builder.main"
 INFERENCE_BUILDER_MODULE = "image_builder.inference"
-MLFLOW_MODULE = "mlflow"
+MODEL_SERVER_MODULE = "flops.model_server"
 
 
 def script(name: str) -> str:
@@ -189,13 +189,12 @@ def inference_builder_command(
 def model_server_command(
     model_uri: str, host: str, port: int, *, python: str | None = None, in_image: bool = False
 ) -> list[str]:
-    """MLflow's scoring server for one model (`/ping`, `/invocations`), one worker, in the given environment."""
-    return [
-        *launcher(MLFLOW_MODULE, "mlflow", python, in_image),
-        "models", "serve",
-        "-m", model_uri,
-        "-h", host,
-        "-p", str(port),
-        "--env-manager", "local",
-        "--workers", "1",
-    ]  # fmt: skip
+    """MLflow's scoring server for one model (`/ping`, `/invocations`): in one process of the given
+    environment (`flops.model_server`), or `mlflow models serve` in the inference image (no FLOps there)."""
+    if in_image:
+        return [
+            "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
+            "--env-manager", "local", "--workers", "1",
+        ]  # fmt: skip
+    return [python or sys.executable, "-m", MODEL_SERVER_MODULE, "--model-uri", model_uri, "--host", host,
+            "--port", str(port)]  # fmt: skip

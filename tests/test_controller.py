@@ -393,7 +393,8 @@ def test_an_aggregator_summary_on_disk_is_used_when_no_event_came(world: World) 
 def test_a_model_server_that_never_answers_fails_post_training(world: World) -> None:
     project_id = world.to_post_training()
     [server] = world.backend.deployed("inference")
-    assert server.command[:4] == ["/env/bin/python", "-m", "mlflow", "models"] and "models:/digits/3" in server.command
+    assert server.command[:3] == ["/env/bin/python", "-m", "flops.model_server"]
+    assert server.command[server.command.index("--model-uri") + 1] == "models:/digits/3"
     assert world.reconcile(project_id).status is ProjectStatus.POST_TRAINING  # still starting
     world.clock.advance(181)
     stage, message = failure(world.reconcile(project_id))

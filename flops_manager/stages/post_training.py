@@ -2,7 +2,7 @@
 
 Without post-training steps, or without a registered model, the project completes at once.
 On the local target (or without a registry) the registered model is the artefact: no image
-is built, and a model server runs `mlflow models serve` from the build's environment.
+is built, and a model server (`flops.model_server`) runs from the build's environment.
 """
 
 import sys
@@ -141,7 +141,7 @@ def read_inference_outcome(text: str) -> InferenceBuildOutcome:
 
 
 def deploy_model_server(ctx: StageContext, project: Project) -> None:
-    """The model server: the inference image on container backends, else `mlflow models serve` here."""
+    """The model server: the inference image on container backends, else `flops.model_server` here."""
     orchestrator = ctx.orchestrator(project)
     port = free_port()
     image = project.image_refs.get(INFERENCE)
