@@ -29,6 +29,7 @@ from flops.runtime_env import FLOWER_OFFLINE_ENV  # noqa: E402
 from tests.git_repos import git, make_git_repo  # noqa: E402, F401  (re-exported for the scripts)
 
 FINAL = ("completed", "failed", "cancelled")
+ENV_REUSED_S = 5.0  # a cached environment takes milliseconds to find, a built one tens of seconds
 
 
 def machine() -> dict[str, Any]:
@@ -249,3 +250,14 @@ class EmbeddedStack:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def environments_reused(run: dict[str, Any]) -> bool:
+    """Whether a project's build found its learner and aggregator environments cached.
+
+    Not the build's `reused`: the manager removes the build folders of ended projects when the
+    next build starts (`flops_manager.disk.sweep_builds`), and bench/e2e.py cancels each project
+    once completed, so a warm submit makes a new build folder around the cached environments.
+    """
+    stages = run.get("build_stage_s") or {}
+    return float(stages.get("learner_env", 0)) + float(stages.get("aggregator_env", 0)) < ENV_REUSED_S

@@ -25,6 +25,7 @@ from bench.common import (  # noqa: E402
     EXAMPLES,
     EmbeddedStack,
     add_mode_arguments,
+    environments_reused,
     make_git_repo,
     median,
     mode_of,
@@ -133,9 +134,9 @@ def main() -> None:
     print(table(["", f"cold (n={cold['runs']})", f"warm (n={warm['runs']})"], rows))
     if ratio:
         print(f"warm / cold POST to completed: {ratio:.2f}")
-    rebuilt = [r["project_id"] for r in runs if r["kind"] == "warm" and not r["build_reused"]]
+    rebuilt = [r["project_id"] for r in runs if r["kind"] == "warm" and not environments_reused(r)]
     if rebuilt:
-        print(f"warning: warm project(s) {', '.join(rebuilt)} did not reuse the build: the environments are keyed "
+        print(f"warning: warm project(s) {', '.join(rebuilt)} built their environments again: they are keyed "
               "by FLOps's own source too, so an edit to the checkout during the run invalidates them")  # fmt: skip
     print("FLOps (thesis, 8-core desktop): about 12 min end to end (about 8 min with prebuilt base images)")
     path = write_result(

@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     EXAMPLES,
     EmbeddedStack,
     add_mode_arguments,
+    environments_reused,
     make_git_repo,
     median,
     mode_of,
@@ -52,7 +53,6 @@ from tests.plain_flower import flower_home, flwr_run_command, start_superlink  #
 EXAMPLE = EXAMPLES / "digits-sklearn"
 # (repetitions, rounds per run and per project)
 PLANS = {"quick": (2, 3), "full": (5, 5), "smoke": (1, 2)}
-ENV_REUSED_S = 5.0  # a cached environment takes milliseconds to find, a built one tens of seconds
 # ManagedProcess (flops.runtime_env.process_env) sets SuperExec's task poll to 0.25 s; plain Flower gets its default.
 FLOWER_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
 
@@ -137,17 +137,6 @@ def projects(work: Path, rounds: int) -> list[dict[str, Any]]:
                   f"{run['stages_s'].get('building', 0):.1f} s (environments reused: {environments_reused(run)})",
                   flush=True)  # fmt: skip
     return runs
-
-
-def environments_reused(run: dict[str, Any]) -> bool:
-    """Whether a project's build found its learner and aggregator environments cached.
-
-    Not the build's `reused`: the manager removes the build folders of ended projects when the
-    next build starts (`flops_manager.disk.sweep_builds`), and bench/e2e.py cancels each project
-    once completed, so a warm submit makes a new build folder around the cached environments.
-    """
-    stages = run.get("build_stage_s") or {}
-    return float(stages.get("learner_env", 0)) + float(stages.get("aggregator_env", 0)) < ENV_REUSED_S
 
 
 def ratio_of(ours: float | None, plain: float | None) -> float | None:

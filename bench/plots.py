@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS  # noqa: E402
+from bench.common import RESULTS, environments_reused  # noqa: E402
 
 DOCS = ROOT / "docs" / "performance.md"
 FIGURES = ROOT / "docs" / "performance"
@@ -96,9 +96,9 @@ def e2e(result: dict[str, Any]) -> str:
         ["round (median)", cold["round_s"], warm["round_s"], None],
     ]
     notes = ""
-    if any(r["kind"] == "warm" and not r.get("build_reused") for r in result["runs"]):
+    if any(r["kind"] == "warm" and not environments_reused(r) for r in result["runs"]):
         notes = (
-            "\n\nIn this run, warm projects did not reuse the build: the cached environments are keyed by "
+            "\n\nIn this run, warm projects built their environments again: the cached environments are keyed by "
             "FLOps's own source too, and the checkout was edited during the run; their building stage is a rebuild."
         )
     return (
