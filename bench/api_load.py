@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     table,
     write_result,
 )
+from flops.config import SOURCES_FOLDER  # noqa: E402
 
 # (seconds per case, concurrency levels)
 PLANS = {"quick": (10.0, [1, 8]), "full": (30.0, [1, 8, 32]), "smoke": (2.0, [1, 4])}
@@ -126,7 +127,7 @@ def main() -> None:
     cases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flops-bench-api-") as tmp:
         work = Path(tmp)
-        repo = make_git_repo(EXAMPLES / "digits-sklearn", work / "repos" / "digits-sklearn")
+        repo = make_git_repo(EXAMPLES / "digits-sklearn", work / "home" / SOURCES_FOLDER / "digits-sklearn")
         with EmbeddedStack(work / "home") as stack:
             stack.client.mocks("digits", 2, "digits")
             project_id = stack.client.submit(project_sla(repo))["project_id"]

@@ -278,11 +278,13 @@ def main() -> None:
 
 
 def _memory_needed_mb(results: list[dict[str, Any]], learners: int) -> float | None:
-    """Estimated peak for `learners` from the largest run so far, with a margin of a quarter."""
-    if not results or not results[-1]["peak_rss_per_learner_max_mb"]:
+    """Estimated peak for `learners` from the largest run so far (its PSS: the learners share their
+    environment's pages, which RSS counts once per process), with a margin of a quarter."""
+    if not results or not results[-1]["peak_pss_learners_total_mb"]:
         return None
     last = results[-1]
-    return float(1.25 * (last["peak_rss_per_learner_max_mb"] * learners + last["peak_rss_aggregator_mb"]))
+    per_learner = last["peak_pss_learners_total_mb"] / last["learners"]
+    return float(1.25 * (per_learner * learners + last["peak_rss_aggregator_mb"]))
 
 
 if __name__ == "__main__":
