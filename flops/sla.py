@@ -252,8 +252,8 @@ _YAML_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|#[^\n]*|[\[\]{
 
 
 class DocumentError(SLAError):
-    """A body that is no document at all (not UTF-8, a NUL character: `status` 400) or one
-    nested deeper than the limit (422)."""
+    """A body that is no document at all (not UTF-8, a NUL character, a lone surrogate: `status` 400)
+    or one nested deeper than the limit or with field names the store cannot keep (422)."""
 
     def __init__(self, message: str, status: int, field: str = "") -> None:
         super().__init__(message, [{"field": field, "reason": message}])
@@ -283,21 +283,44 @@ def _flow_depth(text: str, tokens: re.Pattern[str]) -> int:
 
 
 def _check_tree(value: Any, limit: int, path: str = "", depth: int = 1) -> None:
-    """Refuse nesting deeper than `limit` and NUL characters, naming the field."""
+    """Refuse nesting deeper than `limit`, NUL characters, text that is not Unicode (a lone surrogate,
+    which JSON's escapes allow), and field names the project store cannot keep ('.' in them, or a
+    leading '$'), naming the field."""
     if depth > limit:
         raise DocumentError(f"the document nests deeper than {limit} levels (at {path or 'the top'})", 422, path)
     if isinstance(value, str):
         if "\x00" in value:
             raise DocumentError(f"field {path or '(root)'} contains a NUL character", 400, path)
+        if not _is_unicode(value):
+            raise DocumentError(f"field {path or '(root)'} holds a lone surrogate: not text", 400, path)
     elif isinstance(value, dict):
+        where = path or "the document"
         for key, item in value.items():
             name = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                raise DocumentError(f"a field name in {path or 'the document'} contains a NUL character", 400, path)
+            if isinstance(key, str):
+                if "\x00" in key:
+                    raise DocumentError(f"a field name in {where} contains a NUL character", 400, path)
+                if not _is_unicode(key):
+                    raise DocumentError(f"a field name in {where} holds a lone surrogate: not text", 400, path)
+                if "." in key or key.startswith("$"):
+                    raise DocumentError(
+                        f"field name {key!r} in {where} holds a '.' or starts with '$', which the project store "
+                        "cannot keep: rename it (letters, digits, '_' and '-')",
+                        422,
+                        path,
+                    )
             _check_tree(item, limit, name, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_tree(item, limit, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_document(document: str | bytes, *, yaml_allowed: bool = True, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:

@@ -119,6 +119,24 @@ def test_invalid_slas_are_422_naming_the_field_and_store_nothing(api: Api, digit
     assert project_ids(api) == before
 
 
+def test_names_the_store_cannot_keep_and_text_that_is_not_unicode_are_refused(api: Api, digits_repo: Path) -> None:
+    """The store refuses '.' and a leading '$' in field names (they were a 500 found by schemathesis),
+    and a lone surrogate escape is not text: refused with the field named, nothing stored."""
+    before = project_ids(api)
+    for free_form in ("hyperparameters", "strategy"):
+        document = sla(digits_repo)
+        document[free_form] = {"learning.rate": 0.1} if free_form == "hyperparameters" else {"parameters": {"$x": 1}}
+        answer = api.call("POST", "/api/flops/projects", json=document)
+        assert answer.status_code == 422, answer.get_json()
+        assert "the project store cannot keep: rename it" in answer.get_json()["message"]
+    statistics = {"customerID": "Admin", "job": "statistics", "strategy": {"parameters": {"3.t": "x"}}}
+    assert api.call("POST", "/api/flops/projects", json=statistics).status_code == 422
+    surrogate = b'{"customerID": "Admin", "project_name": "\\ud825x"}'
+    answer = api.call("POST", "/api/flops/projects", data=surrogate, content_type="application/json")
+    assert answer.status_code == 400 and "project_name holds a lone surrogate" in answer.get_json()["message"]
+    assert project_ids(api) == before
+
+
 def test_yaml_sla_is_accepted(api: Api, digits_repo: Path) -> None:
     document = f"""
 customerID: Admin
