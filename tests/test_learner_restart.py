@@ -6,6 +6,7 @@ end-to-end test SIGKILLs a real learner's process group mid-training under a rea
 (2 learners, min_fit_clients 2) and the project still completes.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flops.broker import RunningBroker, launch_broker
@@ -144,6 +146,19 @@ SLOW_FIT = """
 """
 
 
+def kill_everything_of(group: int) -> None:
+    """SIGKILL a learner's group and every process below it, all at once, as a node that dies.
+
+    Its sandbox's processes run in a session of their own (bwrap's --new-session): a SIGKILL of the
+    group alone leaves its SuperNode running, until the manager stops it in good order.
+    """
+    below = psutil.Process(group).children(recursive=True)
+    os.killpg(group, signal.SIGKILL)
+    for process in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 def slow_digits(target: Path) -> Path:
     """digits-sklearn whose local training says so in the learner's log and takes 4 s more."""
     source = target.parent / "slow-digits-source"
@@ -178,7 +193,7 @@ def test_a_killed_learner_is_restarted_and_the_project_completes(mlflow_server: 
 
         assert wait_until(fitting, 300, 0.2), manager.log()
         killed_at = time.monotonic()
-        os.killpg(int(victim["ref"]), signal.SIGKILL)
+        kill_everything_of(int(victim["ref"]))
         project = manager.wait_for(project_id, FINAL, timeout=400)
         took = time.monotonic() - killed_at
         assert project["status"] == "completed", (project["error"], manager.log())
